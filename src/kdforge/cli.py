@@ -1,0 +1,148 @@
+"""The ``kdforge`` command: train, eval, export, demo, modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kdforge.errors import KDForgeError
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or distil a student from YAML configs and/or short flags")
+    p.add_argument("-c", "--config", action="append", default=[], help="YAML file; repeat to merge in order")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one value, e.g. --set train.epochs=5 (applied last)")
+    p.add_argument("--teacher", help="teacher model: timm name, or pkg.mod:factory; 'none' trains without one")
+    p.add_argument("--teacher-source", choices=["timm", "torchvision", "import"])
+    p.add_argument("--teacher-checkpoint", help="teacher weights (.pt/.pth/.safetensors)")
+    p.add_argument("--student", help="student model: timm name, or pkg.mod:factory")
+    p.add_argument("--student-source", choices=["timm", "torchvision", "import"])
+    p.add_argument("--alpha", type=float, help="KD weight: loss = (1-alpha)*CE + alpha*KD (default 0.7)")
+    p.add_argument("--temperature", type=float, help="KD temperature (default 4)")
+    p.add_argument("--data", help="dataset root with train/ and val/ class folders")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--name", help="run name under output.dir")
+    p.add_argument("--resume", help="run directory or checkpoint to continue from (uses the run's config.yaml)")
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The short flags of the classic case, as ``--set`` overrides of the same config."""
+    out: list[str] = []
+    for flag, key in (("data", "data.root"), ("epochs", "train.epochs"), ("batch_size", "data.batch_size"),
+                      ("lr", "train.optimizer.lr"), ("device", "device"), ("name", "output.name"),
+                      ("teacher_checkpoint", "teacher.checkpoint")):
+        if getattr(args, flag, None) is not None:
+            out.append(f"{key}={getattr(args, flag)}")
+    for role in ("teacher", "student"):
+        name, source = getattr(args, role, None), getattr(args, f"{role}_source", None)
+        if name is not None and name.lower() == "none" and role == "teacher":
+            out.append("teacher=null")
+            continue
+        if name is not None:
+            out.append(f"{role}.name={name}")
+            out.append(f"{role}.source={source or ('import' if ':' in name else 'timm')}")
+        elif source is not None:
+            out.append(f"{role}.source={source}")
+    if args.alpha is not None or args.temperature is not None or (args.teacher and args.teacher.lower() != "none"):
+        alpha = 0.7 if args.alpha is None else args.alpha
+        temperature = 4.0 if args.temperature is None else args.temperature
+        out.append(f"distill.task_weight={1.0 - alpha}")
+        out.append(f"distill.terms=[{{loss: kd, weight: {alpha}, temperature: {temperature}}}]")
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kdforge.config import load_config
+    from kdforge.pipeline import resume_config, train
+
+    overrides = flag_overrides(args) + args.overrides
+    if args.resume:
+        config, run_dir, ckpt = resume_config(args.resume, overrides)
+        train(config, resume=ckpt, run_dir=run_dir)
+    else:
+        if not args.config and args.student is None:
+            raise KDForgeError("give a config (-c FILE) or at least --student NAME and --data DIR.")
+        train(load_config(args.config, overrides))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kdforge.evaluation import evaluate_run
+
+    evaluate_run(Path(args.run), args.checkpoint, args.overrides)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from kdforge.evaluation import export_run
+
+    for path in export_run(Path(args.run), args.checkpoint, args.format, Path(args.out) if args.out else None):
+        print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kdforge.demo import run_demo
+
+    run_demo(Path(args.out), seeds=args.seeds)
+    return 0
+
+
+def cmd_modules(args: argparse.Namespace) -> int:
+    from kdforge.config import ModelSpec
+    from kdforge.models.build import build_model
+
+    source = args.source or ("import" if ":" in args.model else "timm")
+    net = build_model(ModelSpec(source=source, name=args.model), None)
+    for name, module in net.named_modules():
+        if name:
+            print(f"{name}\t{type(module).__name__}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdforge", description="Knowledge distillation for PyTorch vision models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint on its validation data")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint / weights path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the run's config, e.g. --set data.root=other/")
+    p = sub.add_parser("export", help="export a run's student (safetensors, torchscript, onnx)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint path")
+    p.add_argument("--format", nargs="+", default=["safetensors", "torchscript"],
+                   choices=["safetensors", "torchscript", "onnx"])
+    p.add_argument("--out", help="output folder (default: the run directory)")
+    p = sub.add_parser("demo", help="teacher, student alone and student distilled on the bundled digits")
+    p.add_argument("--out", default="runs/demo", help="where the three runs go")
+    p.add_argument("--seeds", type=int, default=3, help="repeat the student runs over this many seeds")
+    p = sub.add_parser("modules", help="list a model's module names (for distill.taps)")
+    p.add_argument("model", help="timm name or pkg.mod:factory")
+    p.add_argument("--source", choices=["timm", "torchvision", "import"])
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo, "modules": cmd_modules}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KDForgeError as exc:
+        print(f"kdforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdforge: interrupted; the last checkpoint is intact (resume with --resume RUN_DIR).", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

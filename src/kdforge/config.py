@@ -1,0 +1,331 @@
+"""The run config: one pydantic schema, YAML files merged in order, then ``--set`` overrides.
+
+Every mistake (unknown key, bad value) becomes one `ConfigError` that names the key path, the value
+and the nearest valid key, instead of pydantic's raw report.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kdforge.errors import ConfigError, did_you_mean
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class InputSpec(_Strict):
+    """What a model expects as input, when it differs from the data pipeline (e.g. a teacher at 224)."""
+
+    size: int | tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+class ModelSpec(_Strict):
+    """How to build one model: ``source`` is ``timm``, ``torchvision`` or ``import`` (``pkg.mod:factory``)."""
+
+    source: str = "timm"
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    num_classes: int | None = None
+    checkpoint: str | None = None
+    checkpoint_key: str | None = None
+    trust_checkpoint: bool = False
+    input: InputSpec | None = None
+
+
+class AugmentConfig(_Strict):
+    """timm-style training augmentation for image folders."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
+    color_jitter: float | None = 0.4
+    auto_augment: str | None = None
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and how it is batched."""
+
+    dataset: str = "imagefolder"
+    root: str | None = None
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    num_classes: int | None = None
+    image_size: int = 224
+    in_chans: int = 3
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    batch_size: int = Field(64, gt=0)
+    val_batch_size: int | None = None
+    num_workers: int = Field(2, ge=0)
+    pin_memory: bool = True
+    labelled_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    labelled_per_class: int | None = Field(None, gt=0)
+    split_seed: int = 0
+
+
+class TermConfig(BaseModel):
+    """One distillation term: ``{loss: kd, weight: 0.7, temperature: 4}``.
+
+    Keys other than ``loss`` and ``weight`` go to the term's constructor, which checks them.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    loss: str
+    weight: float = 1.0
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TapsConfig(_Strict):
+    """Named forward hooks: ``{feature_name: module.path}`` for each model."""
+
+    teacher: dict[str, str] = Field(default_factory=dict)
+    student: dict[str, str] = Field(default_factory=dict)
+
+
+class DistillConfig(_Strict):
+    task_weight: float = Field(1.0, ge=0.0)
+    terms: list[TermConfig] = Field(default_factory=list)
+    taps: TapsConfig = Field(default_factory=TapsConfig)
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule, stepped once per optimizer step."""
+
+    name: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    warmup_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class EMAConfig(_Strict):
+    decay: float = Field(0.9998, gt=0.0, lt=1.0)
+    warmup: bool = True
+
+
+class EarlyStoppingConfig(_Strict):
+    metric: str = "fitness"
+    mode: Literal["max", "min"] = "max"
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class CheckpointConfig(_Strict):
+    every_epochs: int = Field(0, ge=0)
+    every_steps: int = Field(0, ge=0)
+    keep_last: int = Field(3, ge=1)
+    best_metric: str = "fitness"
+    best_mode: Literal["max", "min"] = "max"
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    max_steps_per_epoch: int | None = Field(None, gt=0)
+    grad_accum: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0.0)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    ema: EMAConfig | None = None
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    max_nonfinite_steps: int = Field(5, ge=1)
+    compile_student: bool = False
+    eval_every_epochs: int = Field(1, ge=1)
+
+
+class OutputConfig(_Strict):
+    dir: str = "runs"
+    name: str | None = None
+    exist_ok: bool = False
+
+
+class LogConfig(_Strict):
+    tensorboard: bool = True
+    every_steps: int = Field(20, ge=1)
+    progress: bool = True
+
+
+class RunConfig(_Strict):
+    """Everything one run needs. Defaults make plain Hinton KD a config of a few lines."""
+
+    task: str = "classification"
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    teacher: ModelSpec | None = None
+    student: ModelSpec
+    data: DataConfig = Field(default_factory=DataConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_none(cls, value: Any) -> Any:
+        return None if value in ("null", "none", "None", "") else value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def load_config(
+    files: list[str | Path] | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Merge `base`, then each YAML file in order, then ``dotted.key=value`` overrides; validate."""
+    raw: dict[str, Any] = copy.deepcopy(base or {})
+    for path in files or []:
+        raw = deep_merge(raw, read_yaml(path))
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_config(raw)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; check the -c/--config path.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, got {type(data).__name__}.")
+    return data
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; any other value (lists included) replaces the old one."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` (value parsed as YAML; list items by index, ``terms.0.weight=1``)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like 'dotted.key=value', e.g. train.epochs=5.")
+    value = yaml.safe_load(text) if text.strip() else None
+    parts = key.strip().split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        node = _child(node, part, ".".join(parts[: depth + 1]))
+    _set(node, parts[-1], value, key)
+
+
+def _child(node: Any, part: str, path: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, path)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override path {path!r} goes inside a value that is not a mapping.")
+    if not isinstance(node.get(part), (dict, list)):
+        node[part] = {}
+    return node[part]
+
+
+def _set(node: Any, part: str, value: Any, path: str) -> None:
+    if isinstance(node, list):
+        node[_index(node, part, path)] = value
+    else:
+        node[part] = value
+
+
+def _index(node: list, part: str, path: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"override {path!r}: {part!r} is not an index of a list of {len(node)} items.")
+    return int(part)
+
+
+def validate_config(raw: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, raw)) from None
+
+
+def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
+    lines = [_describe_one(err, raw) for err in exc.errors()]
+    head = "invalid config:" if len(lines) > 1 else "invalid config"
+    return head + (" " + lines[0] if len(lines) == 1 else "\n  - " + "\n  - ".join(lines))
+
+
+def _describe_one(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    path = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(RunConfig, loc[:-1])
+        hint = did_you_mean(str(loc[-1]), valid) or f" Valid keys here: {', '.join(sorted(valid))}."
+        return f"unknown key {path!r} (value {err['input']!r}).{hint}"
+    if err["type"] == "missing":
+        return f"key {path!r} is required but missing."
+    return f"key {path!r} has invalid value {_value_at(raw, loc)!r}: {err['msg']}."
+
+
+def _fields_at(model: type[BaseModel], loc: list[Any]) -> list[str]:
+    """Valid field names of the sub-model that `loc` points into (walks through lists/optionals)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        sub = _model_in(field.annotation) if field else None
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _value_at(raw: Any, loc: list[Any]) -> Any:
+    node = raw
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return "<not given>"
+    return node
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,127 @@
+"""Dataset sources for classification: image folders, the bundled digits, or any ``pkg.mod:factory``.
+
+Every dataset is wrapped so that a batch is a dict ``{"input", "target", "index"}``; ``target`` is -1
+for samples without a label (e.g. an unlabelled transfer set), which get the distillation terms only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from kdforge.config import DataConfig
+from kdforge.errors import DataError
+from kdforge.registry import Registry, import_object
+
+UNLABELLED = -1
+DatasetFactory = Callable[[DataConfig, str], Dataset]
+DATASETS: Registry[DatasetFactory] = Registry("dataset")
+
+
+@DATASETS.register("digits")
+def _digits(cfg: DataConfig, split: str) -> Dataset:
+    from kdforge.data.digits import DigitsDataset
+
+    return DigitsDataset(split, image_size=cfg.image_size, in_chans=cfg.in_chans, seed=cfg.split_seed, **cfg.kwargs)
+
+
+@DATASETS.register("imagefolder")
+def _imagefolder(cfg: DataConfig, split: str) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    from kdforge.data.transforms import image_transform
+
+    if cfg.root is None:
+        raise DataError("data.root is required for dataset 'imagefolder': a folder with train/ and val/ inside.")
+    folder = Path(cfg.root) / split
+    if not folder.is_dir():
+        raise DataError(
+            f"dataset folder {str(folder)!r} does not exist. The imagefolder layout is "
+            f"{cfg.root}/train/<class>/<image> and {cfg.root}/val/<class>/<image>."
+        )
+    try:
+        return ImageFolder(str(folder), transform=image_transform(cfg, train=split == "train"), **cfg.kwargs)
+    except FileNotFoundError as exc:
+        raise DataError(f"dataset folder {str(folder)!r}: {exc}") from exc
+
+
+@DATASETS.register("import")
+def _imported(cfg: DataConfig, split: str) -> Dataset:
+    if not cfg.factory:
+        raise DataError("data.factory ('package.module:function') is required for dataset 'import'.")
+    factory = import_object(cfg.factory, "dataset factory")
+    dataset = factory(split=split, **cfg.kwargs)
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise DataError(f"dataset factory {cfg.factory!r} returned {type(dataset).__name__}, not a map-style Dataset.")
+    return dataset
+
+
+class BatchDict(Dataset):
+    """Wraps a dataset so each sample is ``{"input", "target", "index"}``, with selected labels hidden."""
+
+    def __init__(self, dataset: Dataset, hidden: set[int] | None = None) -> None:
+        self.dataset = dataset
+        self.hidden = hidden or set()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.dataset[index]
+        if isinstance(sample, dict):
+            item = dict(sample)
+        elif isinstance(sample, (tuple, list)) and len(sample) >= 2:
+            item = {"input": sample[0], "target": sample[1]}
+        else:
+            raise DataError(f"dataset samples must be (input, target) or a dict, got {type(sample).__name__}.")
+        if index in self.hidden:
+            item["target"] = UNLABELLED
+        item["index"] = index
+        return item
+
+
+def dataset_targets(dataset: Dataset) -> list[int]:
+    """Every sample's label, read from ``targets`` when the dataset has it (no image decoding)."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        targets = [dataset[i][1] for i in range(len(dataset))]
+    return [int(t) for t in targets]
+
+
+def labelled_subset(targets: Sequence[int], fraction: float, per_class: int | None, seed: int) -> set[int]:
+    """Indices that keep their label: ``per_class`` per class, else a ``fraction`` of each class."""
+    generator = torch.Generator().manual_seed(seed)
+    keep: set[int] = set()
+    for cls in sorted(set(targets)):
+        members = [i for i, t in enumerate(targets) if t == cls]
+        count = per_class if per_class is not None else max(1, round(fraction * len(members)))
+        order = torch.randperm(len(members), generator=generator)[:count].tolist()
+        keep.update(members[i] for i in order)
+    return keep
+
+
+def build_dataset(cfg: DataConfig, split: str) -> tuple[BatchDict, Dataset]:
+    """The wrapped dataset and the raw one (for class names); the train split may hide labels."""
+    raw = DATASETS.get(cfg.dataset)(cfg, split)
+    if len(raw) == 0:
+        raise DataError(f"the {split} split of dataset {cfg.dataset!r} is empty; check data.root / the factory.")
+    hidden: set[int] = set()
+    if split == "train" and (cfg.labelled_fraction < 1.0 or cfg.labelled_per_class is not None):
+        targets = dataset_targets(raw)
+        keep = labelled_subset(targets, cfg.labelled_fraction, cfg.labelled_per_class, cfg.split_seed)
+        hidden = set(range(len(targets))) - keep
+    return BatchDict(raw, hidden), raw
+
+
+def class_names(dataset: Dataset, num_classes: int | None) -> list[str]:
+    """The dataset's class names (``classes`` attribute), or ``0..N-1`` when only a count is known."""
+    names = getattr(dataset, "classes", None)
+    if names is not None:
+        return [str(n) for n in names]
+    if num_classes is None:
+        raise DataError("the dataset has no 'classes' attribute; set data.num_classes.")
+    return [str(i) for i in range(num_classes)]

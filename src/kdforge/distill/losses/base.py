@@ -1,0 +1,30 @@
+"""The interface every distillation term implements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+Outputs = dict[str, torch.Tensor]
+
+
+class DistillTerm(nn.Module):
+    """Base class: ``forward(student, teacher, batch) -> scalar`` computed in float32."""
+
+    def setup(self, student: Outputs, teacher: Outputs) -> None:
+        """Build shape-dependent parts (adapters) from one example batch's outputs."""
+
+    def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def pick(outputs: Outputs, key: str, role: str) -> torch.Tensor:
+    """``outputs[key]`` as float32 (loss math never runs in fp16), with a clear error when absent."""
+    if key not in outputs:
+        raise KeyError(
+            f"the {role}'s outputs have no {key!r}; available: {sorted(outputs)}. "
+            "Feature terms read taps as 'feat:<name>': declare them under distill.taps."
+        )
+    return outputs[key].float()

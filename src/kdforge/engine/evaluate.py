@@ -1,0 +1,53 @@
+"""Evaluation of a model on a loader with the task's metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdforge.tasks.base import Task
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def autocast_context(device: torch.device, amp: str) -> Callable[[], AbstractContextManager]:
+    """A factory of autocast contexts for the resolved AMP mode (``off`` gives a null context)."""
+    if amp == "off":
+        return nullcontext
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``auto`` means bf16 on a CUDA device that supports it, fp16 on older CUDA, off on CPU."""
+    if device.type != "cuda":
+        return "off"
+    if amp == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return amp
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, loader: DataLoader, task: Task, device: torch.device, amp: str = "off"
+) -> dict[str, float]:
+    """Metrics of `model` (returning the task's outputs dict) over `loader`; restores its train/eval mode."""
+    was_training = model.training
+    model.eval()
+    metrics = task.metrics()
+    autocast = autocast_context(device, amp)
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast():
+            outputs = model(batch["input"])
+        metrics.update(outputs, batch)
+    model.train(was_training)
+    return metrics.compute()

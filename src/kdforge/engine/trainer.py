@@ -1,0 +1,346 @@
+"""The task-agnostic training loop.
+
+Epochs capped by ``max_steps_per_epoch``, gradient accumulation, AMP, clipping, a NaN/Inf guard, EMA,
+per-iteration schedule, early stopping, checkpoints (best, every N epochs, every N steps, last) and
+exact resume, including from inside an epoch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdforge.config import RunConfig
+from kdforge.distill.distiller import Distiller
+from kdforge.engine.checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, rng_state, set_rng_state
+from kdforge.engine.ema import ModelEma
+from kdforge.engine.evaluate import autocast_context, evaluate, resolve_amp, to_device
+from kdforge.engine.logger import RunLogger
+from kdforge.engine.optim import build_optimizer, build_scheduler
+from kdforge.errors import CheckpointError, ConfigError, NonFiniteLossError, did_you_mean
+from kdforge.models.taps import TappedModel
+from kdforge.tasks.base import Task
+
+
+@dataclass
+class TrainState:
+    """Plain progress data, saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # batches consumed in the current epoch
+    global_step: int = 0  # optimizer steps taken
+    nonfinite_total: int = 0
+    nonfinite_streak: int = 0
+    best: float | None = None
+    best_epoch: int | None = None
+    stop_best: float | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+
+def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    if best is None:
+        return True
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+class Trainer:
+    """Trains the distiller's student (and adapters); the teacher is never touched.
+
+    Args:
+        config: the validated run config (``train``, ``log`` and ``seed`` are read).
+        distiller: student + frozen teacher + terms, already on `device` and set up.
+        task: the task (metrics, outputs).
+        train_loader: its sampler must have ``set_epoch(epoch, start)`` (`ResumableSampler`).
+        val_loader: evaluated after every ``eval_every_epochs`` epochs.
+        device: where the batches go.
+        run_dir: checkpoints and logs go here; None writes nothing.
+        logger: a `RunLogger` (a silent one is made when None).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        distiller: Distiller,
+        task: Task,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        device: torch.device,
+        run_dir: Path | None = None,
+        logger: RunLogger | None = None,
+    ) -> None:
+        self.cfg, self.train_cfg = config, config.train
+        self.distiller, self.task, self.device = distiller, task, device
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.run_dir = run_dir
+        self.logger = logger or RunLogger(None, tensorboard=False, progress=False)
+        self.student_net: nn.Module = distiller.student.model  # the bare network: checkpoints, EMA, export
+        self.amp = resolve_amp(self.train_cfg.amp, device)
+        self.autocast = autocast_context(device, self.amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
+        self.steps_per_epoch = min(len(train_loader), self.train_cfg.max_steps_per_epoch or len(train_loader))
+        self.optimizer_steps_per_epoch = math.ceil(self.steps_per_epoch / self.train_cfg.grad_accum)
+        self.params = list(distiller.trainable_parameters())
+        self.optimizer = build_optimizer(distiller.trainable_modules().values(), self.train_cfg.optimizer)
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            self.train_cfg.schedule,
+            self.train_cfg.epochs * self.optimizer_steps_per_epoch,
+            self.optimizer_steps_per_epoch,
+        )
+        ema = self.train_cfg.ema
+        self.ema = ModelEma(self.student_net, ema.decay, ema.warmup) if ema else None
+        self.state = TrainState()
+        self.last_metrics: dict[str, float] = {}
+        if self.train_cfg.compile_student:
+            distiller.student = torch.compile(distiller.student)
+        self._window: dict[str, Any] = {}
+        self._reset_window()
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> dict[str, float]:
+        """Train until ``epochs`` or early stopping; returns the last evaluation's metrics."""
+        try:
+            while self.state.epoch < self.train_cfg.epochs and not self.state.stopped_early:
+                self._train_epoch()
+                self._end_epoch()
+        finally:
+            self.logger.end_epoch()
+        return self.last_metrics
+
+    def _train_epoch(self) -> None:
+        state, accum = self.state, self.train_cfg.grad_accum
+        start = state.step_in_epoch
+        self.train_loader.sampler.set_epoch(state.epoch, start=start * self.train_loader.batch_size)
+        if self.train_loader.generator is not None:  # workers' seeds come from here, not the global RNG
+            self.train_loader.generator.manual_seed(self.cfg.seed * 1_000_003 + state.epoch)
+        self.distiller.train()
+        self.logger.start_epoch(state.epoch, self.train_cfg.epochs, self.steps_per_epoch, start)
+        batches = itertools.islice(self.train_loader, self.steps_per_epoch - start)
+        tic = time.perf_counter()
+        for batch in batches:
+            got_batch = time.perf_counter()
+            self._window["data_s"] += got_batch - tic
+            index = state.step_in_epoch
+            boundary = (index + 1) % accum == 0 or index + 1 == self.steps_per_epoch
+            self._micro_step(to_device(batch, self.device), boundary)
+            state.step_in_epoch += 1
+            if boundary:
+                self._after_optimizer_step()
+            self.logger.advance()
+            tic = time.perf_counter()
+            self._window["compute_s"] += tic - got_batch
+        self.logger.end_epoch()
+
+    def _micro_step(self, batch: dict[str, Any], boundary: bool) -> None:
+        with self.autocast():
+            out = self.distiller(batch)
+        loss = out["loss"]
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            self._nonfinite(f"loss is {loss_value}")
+        else:
+            self.scaler.scale(loss / self.train_cfg.grad_accum).backward()
+            self.state.nonfinite_streak = 0
+            self._window["has_grads"] = True
+            self._accumulate(loss_value, out["parts"], len(batch["input"]))
+        if boundary:
+            self._optimizer_step()
+
+    def _optimizer_step(self) -> None:
+        if self._window.pop("has_grads", False):
+            self.scaler.unscale_(self.optimizer)
+            finite = True
+            if self.train_cfg.clip_grad_norm:
+                norm = torch.nn.utils.clip_grad_norm_(self.params, self.train_cfg.clip_grad_norm)
+                finite = bool(torch.isfinite(norm)) or self.amp == "fp16"  # fp16: the scaler skips the step
+            if finite:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if self.ema is not None:
+                    self.ema.update(self.student_net)
+            else:
+                self._nonfinite("gradient norm is not finite")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state.global_step += 1
+
+    def _nonfinite(self, why: str) -> None:
+        self.state.nonfinite_total += 1
+        self.state.nonfinite_streak += 1
+        self.logger.message(
+            f"[yellow]step {self.state.global_step}: {why}; step skipped "
+            f"({self.state.nonfinite_total} skipped in total)"
+        )
+        if self.state.nonfinite_streak >= self.train_cfg.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self.state.nonfinite_streak} steps in a row gave non-finite losses or gradients (last: {why}). "
+                "Lower the learning rate, enable clip_grad_norm, use amp: bf16 instead of fp16, or check the data "
+                "for NaN/Inf values. The last good checkpoint is kept."
+            )
+
+    # ---------------------------------------------------------------- logging
+    def _reset_window(self) -> None:
+        self._window = {"loss": 0.0, "parts": {}, "count": 0, "samples": 0, "data_s": 0.0, "compute_s": 0.0,
+                        "start": time.perf_counter()}
+
+    def _accumulate(self, loss: float, parts: dict[str, torch.Tensor], samples: int) -> None:
+        window = self._window
+        window["loss"] += loss
+        window["count"] += 1
+        window["samples"] += samples
+        for name, value in parts.items():
+            window["parts"][name] = window["parts"].get(name, 0.0) + value.detach()
+
+    def _after_optimizer_step(self) -> None:
+        step, every = self.state.global_step, self.cfg.log.every_steps
+        if step % every == 0 or self.state.step_in_epoch == self.steps_per_epoch:
+            self._log_train()
+        every_steps = self.train_cfg.checkpoint.every_steps
+        if every_steps and step % every_steps == 0:
+            self.save(f"step_{step}.pt")
+            self._prune("step_")
+            self.save("last.pt")
+
+    def _log_train(self) -> None:
+        window = self._window
+        count = max(window["count"], 1)
+        elapsed = max(time.perf_counter() - window["start"], 1e-9)
+        values: dict[str, Any] = {
+            "epoch": self.state.epoch + self.state.step_in_epoch / self.steps_per_epoch,
+            "loss": window["loss"] / count,
+            **{f"loss/{k}": float(v) / count for k, v in window["parts"].items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "samples_per_s": window["samples"] / elapsed,
+            "data_s": window["data_s"],
+            "compute_s": window["compute_s"],
+            "nonfinite_total": self.state.nonfinite_total,
+        }
+        self.logger.log("train", self.state.global_step, values)
+        data_share = 100 * window["data_s"] / max(window["data_s"] + window["compute_s"], 1e-9)
+        parts = " ".join(f"{k} {float(v) / count:.3f}" for k, v in window["parts"].items())
+        self.logger.set_info(
+            f"loss {values['loss']:.3f} ({parts}) {values['samples_per_s']:.0f} img/s data {data_share:.0f}%"
+        )
+        self._reset_window()
+
+    # ---------------------------------------------------------------- epoch end
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and exported: the EMA student when EMA is on, else the student."""
+        if self.ema is None:
+            return self.distiller.student
+        return TappedModel(self.ema.module, {}, self.task.to_outputs)
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.eval_model(), self.val_loader, self.task, self.device, self.amp)
+
+    def _end_epoch(self) -> None:
+        state, cfg = self.state, self.train_cfg
+        state.epoch += 1
+        state.step_in_epoch = 0
+        if state.epoch % cfg.eval_every_epochs != 0 and state.epoch != cfg.epochs:
+            self.save("last.pt")
+            return
+        self.last_metrics = metrics = self.evaluate()
+        self.logger.log("val", state.global_step, {"epoch": state.epoch, **metrics})
+        self.logger.message(
+            f"epoch {state.epoch}/{cfg.epochs}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        )
+        ck = cfg.checkpoint
+        if improved(_metric(metrics, ck.best_metric), state.best, ck.best_mode):
+            state.best, state.best_epoch = _metric(metrics, ck.best_metric), state.epoch
+            self.save("best.pt")
+        self._update_early_stopping(metrics)
+        if ck.every_epochs and state.epoch % ck.every_epochs == 0:
+            self.save(f"epoch_{state.epoch}.pt")
+            self._prune("epoch_")
+        self.save("last.pt")
+
+    def _update_early_stopping(self, metrics: dict[str, float]) -> None:
+        es, state = self.train_cfg.early_stopping, self.state
+        if es is None:
+            return
+        value = _metric(metrics, es.metric)
+        if improved(value, state.stop_best, es.mode, es.min_delta):
+            state.stop_best, state.bad_epochs = value, 0
+            return
+        state.bad_epochs += 1
+        if state.bad_epochs >= es.patience:
+            state.stopped_early = True
+            self.logger.message(
+                f"early stopping at epoch {state.epoch}: {es.metric} has not improved on {state.stop_best:.4g} "
+                f"for {es.patience} evaluations"
+            )
+
+    # ---------------------------------------------------------------- checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "student": self.student_net.state_dict(),
+            "terms": self.distiller.terms.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "state": asdict(self.state),
+            "metrics": dict(self.last_metrics),
+            "config": self.cfg.to_dict(),
+        }
+
+    def save(self, name: str) -> Path | None:
+        if self.run_dir is None:
+            return None
+        path = self.run_dir / "checkpoints" / name
+        atomic_save(self.checkpoint_state(), path)
+        return path
+
+    def _prune(self, prefix: str) -> None:
+        folder = self.run_dir / "checkpoints" if self.run_dir else None
+        if folder is None:
+            return
+        found = sorted(folder.glob(f"{prefix}*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
+        for old in found[: -self.train_cfg.checkpoint.keep_last]:
+            old.unlink(missing_ok=True)
+
+    def resume(self, path: str | Path) -> None:
+        """Restore everything a checkpoint holds, so training continues exactly where it stopped."""
+        ckpt = load_checkpoint(path)
+        try:
+            self.student_net.load_state_dict(ckpt["student"])
+            self.distiller.terms.load_state_dict(ckpt["terms"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"cannot resume from {str(path)!r}: it was written for other models or settings ({exc}). "
+                "Resume with the run's own config (its config.yaml)."
+            ) from exc
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt["ema"] is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.state = TrainState(**ckpt["state"])
+        self.last_metrics = dict(ckpt.get("metrics") or {})
+        set_rng_state(ckpt["rng"])
+        self.logger.message(
+            f"resumed from {path}: epoch {self.state.epoch}, step {self.state.global_step}"
+            + (f" ({self.state.step_in_epoch} batches into the epoch)" if self.state.step_in_epoch else "")
+        )
+
+
+def _metric(metrics: dict[str, float], name: str) -> float:
+    if name not in metrics:
+        raise ConfigError(
+            f"metric {name!r} (early_stopping.metric / checkpoint.best_metric) is not reported by this task."
+            f"{did_you_mean(name, metrics)} Reported: {', '.join(metrics)}."
+        )
+    return metrics[name]

@@ -1,0 +1,71 @@
+"""Forward hooks by module name that put intermediate tensors into a model's output dict."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdforge.errors import ConfigError, closest
+
+TAP_PREFIX = "feat:"
+
+
+def tap_key(name: str) -> str:
+    """The output-dict key of tap `name` (``feat:<name>``)."""
+    return f"{TAP_PREFIX}{name}"
+
+
+class TappedModel(nn.Module):
+    """Wraps a model so its forward returns ``{**task outputs, "feat:<tap>": tensor, ...}``.
+
+    The hooks write into a dict that the forward creates and returns, so the wrapper compiles with
+    ``torch.compile`` (Dynamo traces the hooks as part of the graph) and stays thread-safe per call.
+
+    Args:
+        model: the network.
+        taps: ``{tap_name: "dotted.module.path"}``.
+        to_outputs: turns the network's raw output into a dict of named tensors (the task's job).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        taps: dict[str, str] | None = None,
+        to_outputs: Callable[[Any], dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.taps = dict(taps or {})
+        self._to_outputs = to_outputs or (lambda out: {"logits": out})
+        self._store: dict[str, torch.Tensor] | None = None
+        modules = dict(model.named_modules())
+        for tap, path in self.taps.items():
+            if path not in modules:
+                raise ConfigError(_unknown_module(path, modules))
+            modules[path].register_forward_hook(self._hook(tap))
+
+    def _hook(self, tap: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if self._store is not None:
+                self._store[tap_key(tap)] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return hook
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        self._store = {}
+        try:
+            outputs = dict(self._to_outputs(self.model(*args, **kwargs)))
+            outputs.update(self._store)
+        finally:
+            self._store = None
+        return outputs
+
+
+def _unknown_module(path: str, modules: dict[str, nn.Module]) -> str:
+    names = [n for n in modules if n]
+    near = closest(path, names, n=5)
+    hint = f" Closest names: {', '.join(near)}." if near else f" Top-level modules: {', '.join(n for n in names if '.' not in n)}."
+    return f"tap module {path!r} does not exist in the model.{hint} List all with: kdforge modules <model>."

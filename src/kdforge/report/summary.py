@@ -1,0 +1,48 @@
+"""The end-of-run table a person reads, and ``summary.json`` for tools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def write_summary(summary: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(summary, indent=2))
+
+
+def format_params(count: int | None) -> str:
+    if count is None:
+        return "-"
+    for unit, size in (("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.2f}{unit}"
+    return str(count)
+
+
+def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
+    """Teacher vs student: parameters, size ratio and every metric."""
+    console = console or Console()
+    student, teacher = summary["student"], summary.get("teacher")
+    metrics = list(student["metrics"])
+    table = Table(title=f"kdforge {summary['task']} run", title_justify="left")
+    table.add_column("model")
+    table.add_column("name")
+    table.add_column("params", justify="right")
+    for name in metrics:
+        table.add_column(name, justify="right")
+    if teacher:
+        table.add_row("teacher", teacher["name"], format_params(teacher["params"]),
+                      *(_fmt(teacher["metrics"].get(m)) for m in metrics))
+    table.add_row("student (best)", student["name"], format_params(student["params"]),
+                  *(_fmt(student["metrics"].get(m)) for m in metrics))
+    console.print(table)
+    if summary.get("compression"):
+        console.print(f"compression: {summary['compression']:.1f}x fewer parameters")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

@@ -1,0 +1,92 @@
+"""Image classification: cross-entropy on labelled samples, top-1 / top-5 accuracy, fitness = top-1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from kdforge.data.datasets import UNLABELLED, build_dataset, class_names
+from kdforge.errors import ClassCountMismatchError, DataError
+from kdforge.tasks.base import Metrics, Outputs, Task
+
+
+def labelled_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over samples whose target is not -1; 0 (in the graph) when none is labelled."""
+    logits = logits.float()  # log-softmax of fp16 logits overflows under autocast
+    labelled = target != UNLABELLED
+    loss_sum = F.cross_entropy(logits, target.clamp_min(0), reduction="none").mul(labelled).sum()
+    return loss_sum / labelled.sum().clamp_min(1)
+
+
+class ClassificationTask(Task):
+    name = "classification"
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        cfg = self.config.data
+        train, train_raw = build_dataset(cfg, "train")
+        val, val_raw = build_dataset(cfg, "val")
+        names = class_names(train_raw, cfg.num_classes)
+        val_names = class_names(val_raw, cfg.num_classes)
+        if names != val_names:
+            raise DataError(
+                f"train and val splits have different classes ({len(names)} vs {len(val_names)}): "
+                f"only in train: {sorted(set(names) - set(val_names))[:10]}, "
+                f"only in val: {sorted(set(val_names) - set(names))[:10]}. Give both splits the same class folders."
+            )
+        self.class_names = names
+        self.num_classes = cfg.num_classes or len(names)
+        return train, val
+
+    def to_outputs(self, raw: Any) -> Outputs:
+        if isinstance(raw, dict):
+            return raw
+        if isinstance(raw, (tuple, list)):  # e.g. DeiT-style (cls, dist) heads in train mode
+            raw = raw[0]
+        return {"logits": raw}
+
+    def loss(self, outputs: Outputs, batch: dict[str, Any]) -> torch.Tensor:
+        return labelled_cross_entropy(outputs["logits"], batch["target"])
+
+    def check_outputs(self, outputs: Outputs, role: str) -> None:
+        logits = outputs.get("logits")
+        if logits is None or logits.dim() != 2:
+            shape = None if logits is None else tuple(logits.shape)
+            raise ClassCountMismatchError(f"the {role} must return logits of shape (batch, classes); got {shape}.")
+        if logits.shape[1] != self.num_classes:
+            raise ClassCountMismatchError(
+                f"the {role} predicts {logits.shape[1]} classes but the dataset has {self.num_classes} "
+                f"({', '.join(self.class_names[:5])}{', ...' if len(self.class_names) > 5 else ''}). "
+                f"Use a {role} built for {self.num_classes} classes (its num_classes / checkpoint) "
+                "or the dataset it was trained on."
+            )
+
+    def metrics(self) -> Metrics:
+        return ClassificationMetrics(self.num_classes or 1)
+
+
+class ClassificationMetrics(Metrics):
+    def __init__(self, num_classes: int) -> None:
+        self.k = min(5, num_classes)
+        self.count = 0
+        self.correct1 = 0.0
+        self.correctk = 0.0
+        self.loss_sum = 0.0
+
+    def update(self, outputs: Outputs, batch: dict[str, Any]) -> None:
+        logits, target = outputs["logits"].float(), batch["target"]
+        keep = target != UNLABELLED
+        logits, target = logits[keep], target[keep]
+        topk = logits.topk(self.k, dim=1).indices  # (B, k)
+        hits = topk.eq(target[:, None])
+        self.correct1 += hits[:, 0].sum().item()
+        self.correctk += hits.any(dim=1).sum().item()
+        self.loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+        self.count += int(target.numel())
+
+    def compute(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        acc1 = 100.0 * self.correct1 / n
+        return {"val/acc1": acc1, f"val/acc{self.k}": 100.0 * self.correctk / n, "val/loss": self.loss_sum / n, "fitness": acc1}
