@@ -105,6 +105,13 @@ def cmd_modules(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from kdforge.data.digits import write_image_folders
+
+    print(write_image_folders(args.out, image_size=args.image_size))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdforge", description="Knowledge distillation for PyTorch vision models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,13 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="teacher, student alone and student distilled on the bundled digits")
     p.add_argument("--out", default="runs/demo", help="where the three runs go")
     p.add_argument("--seeds", type=int, default=3, help="repeat the student runs over this many seeds")
+    p = sub.add_parser("data", help="write the bundled digits as train/ and val/ image folders")
+    p.add_argument("name", choices=["digits"])
+    p.add_argument("out", help="output folder")
+    p.add_argument("--image-size", type=int, default=32)
     p = sub.add_parser("modules", help="list a model's module names (for distill.taps)")
     p.add_argument("model", help="timm name or pkg.mod:factory")
     p.add_argument("--source", choices=["timm", "torchvision", "import"])
     return parser
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo, "modules": cmd_modules}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo, "modules": cmd_modules,
+            "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,8 @@ def build_task(config: RunConfig) -> Task:
 
 
 def build_loaders(config: RunConfig, train: Dataset, val: Dataset, device: torch.device) -> tuple[DataLoader, DataLoader]:
-    """Train loader with a resumable sampler and its own generator; val loader in order."""
+    """Train loader with a resumable sampler; both loaders get their own generators, because a loader
+    without one draws its workers' seed from the global RNG and would shift dropout after a resume."""
     data = config.data
     if len(train) < data.batch_size:
         raise ConfigError(
@@ -58,7 +59,8 @@ def build_loaders(config: RunConfig, train: Dataset, val: Dataset, device: torch
         generator=torch.Generator(),
         **common,
     )
-    val_loader = DataLoader(val, batch_size=data.val_batch_size or data.batch_size, shuffle=False, **common)
+    val_loader = DataLoader(val, batch_size=data.val_batch_size or data.batch_size, shuffle=False,
+                            generator=torch.Generator().manual_seed(config.seed), **common)
     return train_loader, val_loader
 
 

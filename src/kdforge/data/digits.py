@@ -5,6 +5,8 @@ A fixed, seeded, class-stratified train/val split, so every run and every test s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -49,3 +51,22 @@ class DigitsDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.targets[index])
+
+
+def write_image_folders(out: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """Write the digits as PNGs in the ImageFolder layout (``out/{train,val}/<digit>/<n>.png``).
+
+    Gives users a real folder dataset to try ``kdforge train --data`` on, with no download.
+    """
+    from PIL import Image
+
+    out = Path(out)
+    for split in ("train", "val"):
+        images, targets = digits_split(split, seed)
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()  # (N, H, W)
+        for i, (img, label) in enumerate(zip(pixels, targets.tolist())):
+            folder = out / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img, mode="L").convert("RGB").save(folder / f"{i:04d}.png")
+    return out

@@ -46,6 +46,23 @@ class TrainState:
     stopped_early: bool = False
 
 
+class BufferSnapshot:
+    """A copy of the trainable modules' float buffers (BN statistics), taken before each forward so a
+    skipped non-finite step leaves no trace. The copy is preallocated: one in-place copy per step."""
+
+    def __init__(self, modules: Any) -> None:
+        self.live = [b for m in modules for b in m.buffers() if b.is_floating_point()]
+        self.saved = [b.detach().clone() for b in self.live]
+
+    def snapshot(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.saved, self.live)
+
+    def restore(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.live, self.saved)
+
+
 def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
     if best is None:
         return True
@@ -98,6 +115,7 @@ class Trainer:
         )
         ema = self.train_cfg.ema
         self.ema = ModelEma(self.student_net, ema.decay, ema.warmup) if ema else None
+        self.buffers = BufferSnapshot(distiller.trainable_modules().values())
         self.state = TrainState()
         self.last_metrics: dict[str, float] = {}
         if self.train_cfg.compile_student:
@@ -141,11 +159,13 @@ class Trainer:
         self.logger.end_epoch()
 
     def _micro_step(self, batch: dict[str, Any], boundary: bool) -> None:
+        self.buffers.snapshot()
         with self.autocast():
             out = self.distiller(batch)
         loss = out["loss"]
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
+            self.buffers.restore()  # a NaN batch must not poison BN running statistics either
             self._nonfinite(f"loss is {loss_value}")
         else:
             self.scaler.scale(loss / self.train_cfg.grad_accum).backward()
