@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdforge.config import RunConfig, validate_config
+from kdforge.engine.logger import RunLogger
 from kdforge.engine.trainer import Trainer
 from kdforge.pipeline import build_distiller, build_loaders, build_task, first_batch
 from kdforge.runtime import setup_process
@@ -115,6 +116,35 @@ def amp_context(device: torch.device, amp: str) -> Callable[[], AbstractContextM
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class StepClock:
+    """Per-step timestamps: a second, burst-robust estimate (median step time) next to block rates."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def tick(self) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def step_times(self) -> list[float]:
+        """Durations of steps 2.. of the last block (the first also creates the loader iterator)."""
+        return [b - a for a, b in itertools.pairwise(self.stamps)]
+
+
+class ClockLogger(RunLogger):
+    """kdforge's silent logger (``run_dir=None``, no progress, no TensorBoard) that also stamps each step.
+
+    `Trainer._train_epoch` calls ``logger.advance()`` once per batch, after the step's work.
+    """
+
+    def __init__(self, clock: StepClock) -> None:
+        super().__init__(None, tensorboard=False, progress=False)
+        self.clock = clock
+
+    def advance(self) -> None:
+        super().advance()
+        self.clock.tick()
+
+
 class HandLoop:
     """The minimal hand-written KD loop, with exactly kdforge's settings."""
 
@@ -133,6 +163,7 @@ class HandLoop:
             self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / total_steps)))
         )
         self.steps = 0
+        self.clock = StepClock()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), self.autocast():
@@ -162,6 +193,7 @@ class HandLoop:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.steps += 1
+            self.clock.tick()
 
 
 def kdforge_block(trainer: Trainer) -> None:
@@ -245,7 +277,9 @@ def main(argv: list[str] | None = None) -> float:
     train_set, val_set = task.datasets()
     train_loader, val_loader = build_loaders(config, train_set, val_set, device)
     distiller = build_distiller(config, task, device, first_batch(train_loader))
-    trainer = Trainer(config, distiller, task, train_loader, val_loader, device, run_dir=None)
+    kd_clock = StepClock()
+    trainer = Trainer(config, distiller, task, train_loader, val_loader, device, run_dir=None,
+                      logger=ClockLogger(kd_clock))
     assert trainer.steps_per_epoch == args.steps, (trainer.steps_per_epoch, args.steps)
 
     hand_loader, _ = build_loaders(config, train_set, val_set, device)  # identical loader, own iterator
@@ -266,20 +300,25 @@ def main(argv: list[str] | None = None) -> float:
         print("WARNING: the two loops do not compute the same loss; the comparison is not like for like")
 
     loops = {
-        "hand-written": lambda: hand.run(args.steps),
-        "kdforge": lambda: kdforge_block(trainer),
+        "hand-written": (lambda: hand.run(args.steps), hand.clock),
+        "kdforge": (lambda: kdforge_block(trainer), kd_clock),
     }
     for _ in range(args.warmup_rounds):
-        for fn in loops.values():
+        for fn, _clock in loops.values():
             timed(fn, device)
 
-    ratios, rates = [], {name: [] for name in loops}
+    ratios: list[float] = []
+    rates: dict[str, list[float]] = {name: [] for name in loops}
+    step_times: dict[str, list[float]] = {name: [] for name in loops}
     for round_index in range(args.rounds):
         names = list(loops)
         if args.order == "alternate" and round_index % 2:
             names.reverse()
         for name in names:
-            rates[name].append(args.steps / timed(loops[name], device))
+            fn, clock = loops[name]
+            clock.stamps = []
+            rates[name].append(args.steps / timed(fn, device))
+            step_times[name] += clock.step_times()
         hand_sps, kd_sps = rates["hand-written"][-1], rates["kdforge"][-1]
         ratios.append(kd_sps / hand_sps)
         print(f"round {round_index + 1}: hand-written {hand_sps:7.3f} steps/s   "
@@ -291,6 +330,14 @@ def main(argv: list[str] | None = None) -> float:
     for name, values in rates.items():
         print(f"{name:>12}: median {statistics.median(values):.3f} steps/s "
               f"(min {min(values):.3f}, max {max(values):.3f})")
+    best = max(rates["kdforge"]) / max(rates["hand-written"])
+    print(f"ratio of the fastest blocks: {best:.3f}")
+    if device.type == "cpu" and all(step_times.values()):  # on CUDA, unsynchronised stamps mean little
+        medians = {name: statistics.median(times) for name, times in step_times.items()}
+        print(f"median step time: hand-written {1e3 * medians['hand-written']:.1f} ms, "
+              f"kdforge {1e3 * medians['kdforge']:.1f} ms, "
+              f"ratio (as steps/s) {medians['hand-written'] / medians['kdforge']:.3f} "
+              f"(over {len(step_times['kdforge'])} steps each)")
     if args.profile:
         profile_blocks(trainer, hand, args.steps, args.profile_top)
     ratio = statistics.median(ratios)
