@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kdforge.errors import ConfigError, did_you_mean
+from kdforge.errors import ConfigError, RegistryError, did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,6 +90,16 @@ class TermConfig(BaseModel):
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _known_loss_and_params(self) -> TermConfig:
+        from kdforge.distill.losses import check_term_params  # the registry imports models, which import us
+
+        try:
+            check_term_params(self.loss, self.params())
+        except RegistryError as exc:
+            raise ConfigError(str(exc)) from None
+        return self
 
 
 class TapsConfig(_Strict):
@@ -169,6 +179,7 @@ class LogConfig(_Strict):
     tensorboard: bool = True
     every_steps: int = Field(20, ge=1)
     progress: bool = True
+    verbose: bool = True  # one line per evaluation and the final table
 
 
 class RunConfig(_Strict):
@@ -278,8 +289,7 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
 
 def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
     lines = [_describe_one(err, raw) for err in exc.errors()]
-    head = "invalid config:" if len(lines) > 1 else "invalid config"
-    return head + (" " + lines[0] if len(lines) == 1 else "\n  - " + "\n  - ".join(lines))
+    return "invalid config: " + (lines[0] if len(lines) == 1 else "\n  - " + "\n  - ".join(lines))
 
 
 def _describe_one(err: dict[str, Any], raw: dict[str, Any]) -> str:
@@ -291,6 +301,8 @@ def _describe_one(err: dict[str, Any], raw: dict[str, Any]) -> str:
         return f"unknown key {path!r} (value {err['input']!r}).{hint}"
     if err["type"] == "missing":
         return f"key {path!r} is required but missing."
+    if err["type"] == "value_error" and isinstance(err.get("ctx", {}).get("error"), ConfigError):
+        return f"{path}: {err['ctx']['error']}"
     return f"key {path!r} has invalid value {_value_at(raw, loc)!r}: {err['msg']}."
 
 

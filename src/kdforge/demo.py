@@ -30,7 +30,7 @@ TRAIN = {"epochs": 15, "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay"
 
 def demo_configs(out: Path, seed: int, teacher_checkpoint: Path | None) -> dict[str, dict[str, Any]]:
     """The three runs of the demo as raw configs (what a user would write in YAML)."""
-    common = {"seed": seed, "data": DATA, "log": {"progress": False, "tensorboard": True},
+    common = {"seed": seed, "data": DATA, "log": {"progress": False, "verbose": False, "tensorboard": True},
               "output": {"dir": str(out), "exist_ok": True}}
     few_labels = {**DATA, "labelled_per_class": LABELS_PER_CLASS}
     return {

@@ -111,7 +111,7 @@ def train(config: RunConfig, resume: str | Path | None = None, run_dir: Path | N
         run_dir = new_run_dir(config)
     if run_dir is not None:
         write_run_files(run_dir, config)
-    logger = RunLogger(run_dir, config.log.tensorboard, config.log.progress)
+    logger = RunLogger(run_dir, config.log.tensorboard, config.log.progress, config.log.verbose)
     trainer = Trainer(config, distiller, task, train_loader, val_loader, device, run_dir, logger)
     if resume is not None:
         trainer.resume(resume)
@@ -124,7 +124,7 @@ def train(config: RunConfig, resume: str | Path | None = None, run_dir: Path | N
             export_student(_exported_network(trainer, run_dir), run_dir / "student.safetensors")
             write_summary(summary, run_dir / "summary.json")
             logger.log("summary", trainer.state.global_step, {"best_epoch": trainer.state.best_epoch or 0})
-        if config.log.progress:
+        if config.log.verbose:
             print_summary(summary)
     finally:
         logger.close()

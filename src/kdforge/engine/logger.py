@@ -19,16 +19,19 @@ class RunLogger:
     Args:
         run_dir: where ``metrics.jsonl`` and ``tb/`` go; None logs nowhere (e.g. in tests).
         tensorboard: also write TensorBoard scalars.
-        progress: show the progress bar (off when the output is not a terminal and CI is set).
+        progress: show the progress bar.
+        verbose: print per-evaluation lines (warnings are always printed).
     """
 
-    def __init__(self, run_dir: Path | None, tensorboard: bool = True, progress: bool = True) -> None:
+    def __init__(self, run_dir: Path | None, tensorboard: bool = True, progress: bool = True,
+                 verbose: bool = True) -> None:
         self.run_dir = run_dir
         self._jsonl = (run_dir / "metrics.jsonl").open("a") if run_dir else None
         self._tb = _summary_writer(run_dir / "tb") if run_dir and tensorboard else None
         self._progress: Progress | None = None
         self._task_id: Any = None
         self._show = progress
+        self.verbose = verbose
 
     def start_epoch(self, epoch: int, epochs: int, total_steps: int, done_steps: int = 0) -> None:
         if not self._show:
@@ -75,7 +78,11 @@ class RunLogger:
                     self._tb.add_scalar(key if "/" in key else f"{kind}/{key}", value, step)
 
     def message(self, text: str) -> None:
-        console.print(text)
+        if self.verbose:
+            console.print(text)
+
+    def warning(self, text: str) -> None:
+        console.print(f"[yellow]{text}")
 
     def close(self) -> None:
         self.end_epoch()

@@ -196,8 +196,8 @@ class Trainer:
     def _nonfinite(self, why: str) -> None:
         self.state.nonfinite_total += 1
         self.state.nonfinite_streak += 1
-        self.logger.message(
-            f"[yellow]step {self.state.global_step}: {why}; step skipped "
+        self.logger.warning(
+            f"step {self.state.global_step}: {why}; step skipped "
             f"({self.state.nonfinite_total} skipped in total)"
         )
         if self.state.nonfinite_streak >= self.train_cfg.max_nonfinite_steps:

@@ -17,17 +17,26 @@ from kdforge.registry import Registry
 TERMS: Registry[type[DistillTerm]] = Registry("distillation loss")
 
 
-def build_term(name: str, params: dict[str, Any]) -> DistillTerm:
-    """Instantiate the term `name`; an unknown parameter names the term's valid ones."""
+def check_term_params(name: str, params: dict[str, Any]) -> type[DistillTerm]:
+    """The term class `name`, after checking that every parameter exists and required ones are given."""
     cls = TERMS.get(name)
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    signature = inspect.signature(cls.__init__).parameters
+    valid = [p for p in signature if p != "self"]
     for key in params:
         if key not in valid:
             raise ConfigError(
                 f"distillation loss {name!r} has no parameter {key!r}.{did_you_mean(key, valid)} "
                 f"Its parameters: {', '.join(valid) or 'none'}."
             )
-    return cls(**params)
+    missing = [p for p in valid if signature[p].default is inspect.Parameter.empty and p not in params]
+    if missing:
+        raise ConfigError(f"distillation loss {name!r} needs {', '.join(missing)} (e.g. the tap names to compare).")
+    return cls
+
+
+def build_term(name: str, params: dict[str, Any]) -> DistillTerm:
+    """Instantiate the term `name`; an unknown parameter names the term's valid ones."""
+    return check_term_params(name, params)(**params)
 
 
 # One import line per family registers its terms.

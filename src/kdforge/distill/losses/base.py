@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdforge.errors import ConfigError
+
 Outputs = dict[str, torch.Tensor]
 
 
@@ -23,8 +25,8 @@ class DistillTerm(nn.Module):
 def pick(outputs: Outputs, key: str, role: str) -> torch.Tensor:
     """``outputs[key]`` as float32 (loss math never runs in fp16), with a clear error when absent."""
     if key not in outputs:
-        raise KeyError(
+        raise ConfigError(
             f"the {role}'s outputs have no {key!r}; available: {sorted(outputs)}. "
-            "Feature terms read taps as 'feat:<name>': declare them under distill.taps."
+            f"Feature terms read taps as 'feat:<name>': declare them under distill.taps.{role}."
         )
     return outputs[key].float()

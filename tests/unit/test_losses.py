@@ -1,0 +1,322 @@
+"""Distillation terms: hand-computed values, adapters, parameter checks, and a contract run over every term."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from kdforge.distill.adapters import FeatureAdapter
+from kdforge.distill.losses import TERMS, DistillTerm, build_term
+from kdforge.distill.losses.feature import FitNet
+from kdforge.distill.losses.logit import HintonKD, kd_divergence
+from kdforge.errors import ConfigError, RegistryError
+
+# Parameters each registered term needs to be built for the contract tests. Student and teacher
+# outputs carry 'logits' (B, C) and one tap 'feat:f' (a map of different channels and size).
+CONTRACT_PARAMS: dict[str, dict[str, Any]] = {
+    "kd": {"temperature": 2.0},
+    "fitnet": {"student": "f", "teacher": "f"},
+}
+
+
+def _softmax64(z: torch.Tensor) -> torch.Tensor:
+    z = z.double()
+    e = torch.exp(z - z.max(dim=-1, keepdim=True).values)
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def _kd_by_hand(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * sum_{b,c} p_t (log p_t - log p_s) / B`` over rows of (B, C) logits, in float64."""
+    p_s = _softmax64(student / temperature)
+    p_t = _softmax64(teacher / temperature)
+    return temperature**2 * (p_t * (p_t.log() - p_s.log())).sum() / student.shape[0]
+
+
+def _outputs(batch: int = 3, classes: int = 5, channels: int = 4, size: int = 6, grad: bool = False) -> dict:
+    return {
+        "logits": torch.randn(batch, classes, requires_grad=grad),
+        "feat:f": torch.randn(batch, channels, size, size, requires_grad=grad),
+    }
+
+
+# --- kd ------------------------------------------------------------------------------------------------------
+
+
+def test_kd_matches_hand_computation() -> None:
+    student = torch.tensor([[1.0, 2.0, 0.5, -1.0], [0.0, -0.5, 3.0, 1.0]])
+    teacher = torch.tensor([[2.0, 1.0, 0.0, -2.0], [0.5, 0.5, 2.0, 0.0]])
+    term = build_term("kd", {"temperature": 4.0})
+    value = term({"logits": student}, {"logits": teacher}, {})
+    assert value.dtype == torch.float32
+    assert value.shape == ()
+    torch.testing.assert_close(value.double(), _kd_by_hand(student, teacher, 4.0), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 7.5])
+def test_kd_matches_hand_computation_at_several_temperatures(temperature: float) -> None:
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 10) * 3, torch.randn(6, 10) * 3
+    value = kd_divergence(student, teacher, temperature)
+    torch.testing.assert_close(value.double(), _kd_by_hand(student, teacher, temperature), rtol=1e-5, atol=1e-7)
+
+
+def test_kd_dense_logits_count_every_position_as_a_sample() -> None:
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)  # (B, C, H, W)
+    value = HintonKD(temperature=2.0)({"logits": student}, {"logits": teacher}, {})
+    rows = lambda z: z.permute(0, 2, 3, 1).reshape(-1, 3)  # noqa: E731  (B*H*W, C)
+    expected = _kd_by_hand(rows(student), rows(teacher), 2.0)  # mean over the 2*4*5 positions
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_kd_is_zero_for_identical_logits_and_positive_otherwise() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6)
+    assert kd_divergence(logits, logits, 4.0).abs() < 1e-6
+    assert kd_divergence(logits, logits.flip(1), 4.0) > 0
+
+
+def test_kd_reads_configured_keys() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 3), torch.randn(2, 3)
+    term = build_term("kd", {"temperature": 1.0, "student": "aux", "teacher": "main"})
+    value = term({"aux": s, "logits": torch.zeros(2, 3)}, {"main": t}, {})
+    torch.testing.assert_close(value.double(), _kd_by_hand(s, t, 1.0), rtol=1e-5, atol=1e-7)
+
+
+def test_kd_missing_key_names_available_keys() -> None:
+    with pytest.raises(KeyError, match=r"student's outputs have no 'logits'.*\['feat:x'\]"):
+        HintonKD()({"feat:x": torch.zeros(1, 2)}, {"logits": torch.zeros(1, 2)}, {})
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0])
+def test_kd_rejects_non_positive_temperature(temperature: float) -> None:
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        HintonKD(temperature=temperature)
+
+
+def test_kd_under_bf16_autocast_is_float32_and_finite() -> None:
+    torch.manual_seed(0)
+    student = (torch.randn(4, 10) * 20).bfloat16().requires_grad_()
+    teacher = (torch.randn(4, 10) * 20).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = HintonKD(temperature=1.0)({"logits": student}, {"logits": teacher}, {})
+    assert value.dtype == torch.float32
+    assert torch.isfinite(value)
+    expected = _kd_by_hand(student.detach().float(), teacher.float(), 1.0)
+    torch.testing.assert_close(value.double(), expected, rtol=1e-4, atol=1e-6)
+    value.backward()
+    assert student.grad is not None and student.grad.dtype == torch.bfloat16
+    assert torch.isfinite(student.grad.float()).all()
+
+
+# --- fitnet and its adapter ----------------------------------------------------------------------------------
+
+
+def _fitnet(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> FitNet:
+    term = FitNet(student="s", teacher="t")
+    term.setup({"feat:s": student_feat}, {"feat:t": teacher_feat})
+    return term
+
+
+def test_fitnet_builds_1x1_conv_when_channels_differ() -> None:
+    term = _fitnet(torch.randn(2, 4, 6, 6), torch.randn(2, 8, 6, 6))
+    proj = term.adapter.proj
+    assert isinstance(proj, nn.Conv2d)
+    assert (proj.in_channels, proj.out_channels, proj.kernel_size) == (4, 8, (1, 1))
+    assert proj.weight in set(term.parameters())  # registered, so the optimizer trains it
+
+
+def test_fitnet_builds_linear_for_vectors() -> None:
+    term = _fitnet(torch.randn(2, 4), torch.randn(2, 8))
+    assert isinstance(term.adapter.proj, nn.Linear)
+    assert (term.adapter.proj.in_features, term.adapter.proj.out_features) == (4, 8)
+
+
+def test_fitnet_builds_linear_on_last_axis_for_tokens() -> None:
+    term = _fitnet(torch.randn(2, 5, 4), torch.randn(2, 5, 8))  # (B, N, C)
+    assert isinstance(term.adapter.proj, nn.Linear)
+    value = term({"feat:s": torch.randn(2, 5, 4)}, {"feat:t": torch.randn(2, 5, 8)}, {})
+    assert value.shape == ()
+
+
+def test_fitnet_identity_when_shapes_match() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    term = _fitnet(s, t)
+    assert isinstance(term.adapter.proj, nn.Identity)
+    assert list(term.parameters()) == []
+    value = term({"feat:s": s}, {"feat:t": t}, {})
+    torch.testing.assert_close(value, ((s - t) ** 2).mean())
+
+
+def test_fitnet_resizes_to_the_teacher_map() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)
+    term = _fitnet(s, t)
+    assert isinstance(term.adapter.proj, nn.Identity)
+    adapted = term.adapter(s)
+    assert adapted.shape == (2, 4, 4, 4)
+    # bilinear 8 -> 4 without align_corners samples at the centre of each 2x2 block: their mean.
+    torch.testing.assert_close(adapted, nn.functional.avg_pool2d(s, 2))
+    torch.testing.assert_close(term({"feat:s": s}, {"feat:t": t}, {}), ((adapted - t) ** 2).mean())
+
+
+def test_fitnet_value_is_mse_after_projection() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)
+    term = _fitnet(s, t)
+    weight = term.adapter.proj.weight[:, :, 0, 0]  # (C_t, C_s)
+    projected = torch.einsum("ts,bshw->bthw", weight, s)
+    expected = ((nn.functional.avg_pool2d(projected, 2) - t) ** 2).mean()
+    torch.testing.assert_close(term({"feat:s": s}, {"feat:t": t}, {}), expected)
+
+
+def test_adapter_refuses_different_ranks() -> None:
+    with pytest.raises(ValueError, match="differ in rank"):
+        FeatureAdapter(torch.Size([2, 4, 6, 6]), torch.Size([2, 8]))
+
+
+def test_fitnet_before_setup_says_so() -> None:
+    with pytest.raises(RuntimeError, match="before setup"):
+        FitNet("s", "t")({"feat:s": torch.zeros(1, 2)}, {"feat:t": torch.zeros(1, 2)}, {})
+
+
+def test_fitnet_missing_tap_names_taps_config() -> None:
+    with pytest.raises(KeyError, match=r"teacher's outputs have no 'feat:t'.*distill.taps"):
+        FitNet("s", "t").setup({"feat:s": torch.zeros(1, 2)}, {"logits": torch.zeros(1, 2)})
+
+
+# --- build_term ----------------------------------------------------------------------------------------------
+
+
+def test_build_term_unknown_parameter_names_valid_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_term("kd", {"temprature": 2.0})
+    message = str(info.value)
+    assert "'kd' has no parameter 'temprature'" in message
+    assert "Did you mean 'temperature'" in message
+    assert "Its parameters: temperature, student, teacher." in message
+
+
+def test_build_term_unknown_parameter_of_fitnet() -> None:
+    with pytest.raises(ConfigError, match="Its parameters: student, teacher."):
+        build_term("fitnet", {"student": "a", "teacher": "b", "weight_decay": 1})
+
+
+def test_build_term_unknown_name_lists_terms() -> None:
+    with pytest.raises(RegistryError, match=r"unknown distillation loss 'kdd'.*'kd'.*Available: .*fitnet"):
+        build_term("kdd", {})
+
+
+def test_build_term_passes_parameters() -> None:
+    term = build_term("kd", {"temperature": 3})
+    assert isinstance(term, HintonKD)
+    assert term.temperature == 3.0
+
+
+# --- contract over every registered term ---------------------------------------------------------------------
+
+
+def _built(name: str) -> DistillTerm:
+    if name not in CONTRACT_PARAMS:
+        pytest.fail(
+            f"distillation loss {name!r} has no entry in CONTRACT_PARAMS in {__file__}; add the parameters it needs "
+            "to be built against outputs with 'logits' (B, C) and a 'feat:f' tap."
+        )
+    term = build_term(name, dict(CONTRACT_PARAMS[name]))
+    assert isinstance(term, DistillTerm)
+    return term
+
+
+def _teacher_net() -> nn.Module:
+    """A frozen teacher whose outputs have other channel counts and sizes than the student's."""
+
+    class Teacher(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+            self.head = nn.Linear(6, 5)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            feat = self.body(x)  # (B, 6, 3, 3)
+            return {"logits": self.head(feat.mean((2, 3))), "feat:f": feat}
+
+    return Teacher().requires_grad_(False)
+
+
+def test_every_term_has_contract_params() -> None:
+    assert set(TERMS.names()) <= set(CONTRACT_PARAMS), "add the new terms to CONTRACT_PARAMS"
+
+
+@pytest.mark.parametrize("name", TERMS.names())
+def test_contract_value_is_a_finite_float32_scalar(name: str) -> None:
+    torch.manual_seed(0)
+    term = _built(name)
+    student, teacher = _outputs(grad=True), _outputs(channels=6, size=3)
+    term.setup(student, teacher)
+    value = term(student, teacher, {"input": torch.zeros(3, 3, 6, 6), "target": torch.zeros(3, dtype=torch.long)})
+    assert value.dtype == torch.float32
+    assert value.shape == ()
+    assert torch.isfinite(value)
+
+
+@pytest.mark.parametrize("name", TERMS.names())
+def test_contract_gradient_reaches_student_and_term_only(name: str) -> None:
+    torch.manual_seed(0)
+    term = _built(name)
+    student, teacher = _outputs(grad=True), _outputs(channels=6, size=3)
+    term.setup(student, teacher)
+    term(student, teacher, {}).backward()
+    student_grads = [v.grad for v in student.values() if v.grad is not None]
+    assert student_grads, f"{name}: no gradient reached the student's outputs"
+    assert any(g.abs().sum() > 0 for g in student_grads)
+    assert all(torch.isfinite(g).all() for g in student_grads)
+    for param_name, param in term.named_parameters():
+        assert param.grad is not None, f"{name}: adapter parameter {param_name} got no gradient"
+        assert torch.isfinite(param.grad).all()
+    for key, value in teacher.items():
+        assert not value.requires_grad and value.grad is None, f"{name}: teacher output {key} got a gradient"
+
+
+@pytest.mark.parametrize("name", TERMS.names())
+def test_contract_frozen_teacher_module_gets_no_gradient(name: str) -> None:
+    torch.manual_seed(0)
+    term = _built(name)
+    teacher_net = _teacher_net()
+    x = torch.randn(3, 3, 6, 6)
+    teacher = teacher_net(x)
+    student = _outputs(grad=True)
+    term.setup(student, teacher)
+    term(student, teacher, {"input": x}).backward()
+    assert any(v.grad is not None for v in student.values())
+    for param_name, param in teacher_net.named_parameters():
+        assert param.grad is None, f"{name}: teacher parameter {param_name} got a gradient"
+
+
+@pytest.mark.parametrize("name", TERMS.names())
+def test_contract_term_is_deterministic_and_moves_with_the_student(name: str) -> None:
+    torch.manual_seed(0)
+    term = _built(name)
+    student, teacher = _outputs(), _outputs(channels=6, size=3)
+    term.setup(student, teacher)
+    first, again = term(student, teacher, {}), term(student, teacher, {})
+    assert torch.equal(first, again)
+    other = {k: v + torch.randn_like(v) for k, v in student.items()}
+    assert not torch.equal(term(other, teacher, {}), first), f"{name}: value ignores the student's outputs"
+
+
+@pytest.mark.parametrize("name", TERMS.names())
+def test_contract_bf16_inputs_under_autocast(name: str) -> None:
+    torch.manual_seed(0)
+    term = _built(name)
+    student = {k: v.bfloat16() for k, v in _outputs().items()}
+    teacher = {k: v.bfloat16() for k, v in _outputs(channels=6, size=3).items()}
+    term.setup(student, teacher)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = term(student, teacher, {})
+    assert value.dtype == torch.float32
+    assert torch.isfinite(value)
