@@ -10,8 +10,16 @@ import torch
 
 from kdforge.config import RunConfig, deep_merge, validate_config
 
-TINY_CNN = {"source": "import", "name": "kdforge.models.zoo:cnn", "kwargs": {"in_chans": 1, "widths": [8, 16]}}
-TEACHER_CNN = {"source": "import", "name": "kdforge.models.zoo:cnn", "kwargs": {"in_chans": 1, "widths": [16, 32]}}
+TINY_CNN = {
+    "source": "import",
+    "name": "kdforge.models.zoo:cnn",
+    "kwargs": {"in_chans": 1, "widths": [8, 16]},
+}
+TEACHER_CNN = {
+    "source": "import",
+    "name": "kdforge.models.zoo:cnn",
+    "kwargs": {"in_chans": 1, "widths": [16, 32]},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +36,15 @@ def make_config(tmp_path: Path):
             "threads": 1,
             "teacher": TEACHER_CNN,
             "student": TINY_CNN,
-            "data": {"dataset": "digits", "image_size": 8, "in_chans": 1, "batch_size": 32, "num_workers": 0,
-                     "mean": [0.0], "std": [1.0]},
+            "data": {
+                "dataset": "digits",
+                "image_size": 8,
+                "in_chans": 1,
+                "batch_size": 32,
+                "num_workers": 0,
+                "mean": [0.0],
+                "std": [1.0],
+            },
             "distill": {"task_weight": 0.5, "terms": [{"loss": "kd", "weight": 0.5, "temperature": 4.0}]},
             "train": {"epochs": 2, "max_steps_per_epoch": 6, "optimizer": {"name": "adamw", "lr": 0.01}},
             "output": {"dir": str(tmp_path / "runs"), "name": "run"},

@@ -12,8 +12,14 @@ from kdforge.errors import KDForgeError
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train or distil a student from YAML configs and/or short flags")
     p.add_argument("-c", "--config", action="append", default=[], help="YAML file; repeat to merge in order")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one value, e.g. --set train.epochs=5 (applied last)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one value, e.g. --set train.epochs=5 (applied last)",
+    )
     p.add_argument("--teacher", help="teacher model: timm name, or pkg.mod:factory; 'none' trains without one")
     p.add_argument("--teacher-source", choices=["timm", "torchvision", "import"])
     p.add_argument("--teacher-checkpoint", help="teacher weights (.pt/.pth/.safetensors)")
@@ -33,9 +39,15 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 def flag_overrides(args: argparse.Namespace) -> list[str]:
     """The short flags of the classic case, as ``--set`` overrides of the same config."""
     out: list[str] = []
-    for flag, key in (("data", "data.root"), ("epochs", "train.epochs"), ("batch_size", "data.batch_size"),
-                      ("lr", "train.optimizer.lr"), ("device", "device"), ("name", "output.name"),
-                      ("teacher_checkpoint", "teacher.checkpoint")):
+    for flag, key in (
+        ("data", "data.root"),
+        ("epochs", "train.epochs"),
+        ("batch_size", "data.batch_size"),
+        ("lr", "train.optimizer.lr"),
+        ("device", "device"),
+        ("name", "output.name"),
+        ("teacher_checkpoint", "teacher.checkpoint"),
+    ):
         if getattr(args, flag, None) is not None:
             out.append(f"{key}={getattr(args, flag)}")
     for role in ("teacher", "student"):
@@ -119,13 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on its validation data")
     p.add_argument("run", help="run directory")
     p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint / weights path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override the run's config, e.g. --set data.root=other/")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the run's config, e.g. --set data.root=other/",
+    )
     p = sub.add_parser("export", help="export a run's student (safetensors, torchscript, onnx)")
     p.add_argument("run", help="run directory")
     p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint path")
-    p.add_argument("--format", nargs="+", default=["safetensors", "torchscript"],
-                   choices=["safetensors", "torchscript", "onnx"])
+    p.add_argument(
+        "--format",
+        nargs="+",
+        default=["safetensors", "torchscript"],
+        choices=["safetensors", "torchscript", "onnx"],
+    )
     p.add_argument("--out", help="output folder (default: the run directory)")
     p = sub.add_parser("demo", help="teacher, student alone and student distilled on the bundled digits")
     p.add_argument("--out", default="runs/demo", help="where the three runs go")
@@ -140,8 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo, "modules": cmd_modules,
-            "data": cmd_data}
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "export": cmd_export,
+    "demo": cmd_demo,
+    "modules": cmd_modules,
+    "data": cmd_data,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdforge: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("kdforge: interrupted; the last checkpoint is intact (resume with --resume RUN_DIR).", file=sys.stderr)
+        print(
+            "kdforge: interrupted; the last checkpoint is intact (resume with --resume RUN_DIR).",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -7,6 +7,7 @@ and the nearest valid key, instead of pydantic's raw report.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -165,6 +166,12 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     max_nonfinite_steps: int = Field(5, ge=1)
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
     compile_student: bool = False
     eval_every_epochs: int = Field(1, ge=1)
 
@@ -270,12 +277,14 @@ def _child(node: Any, part: str, path: str) -> Any:
 def _set(node: Any, part: str, value: Any, path: str) -> None:
     if isinstance(node, list):
         node[_index(node, part, path)] = value
-    else:
+    elif isinstance(node, dict):
         node[part] = value
+    else:
+        raise ConfigError(f"override path {path!r} goes inside a value that is not a mapping.")
 
 
 def _index(node: list, part: str, path: str) -> int:
-    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+    if not re.fullmatch(r"-?\d+", part) or not -len(node) <= int(part) < len(node):
         raise ConfigError(f"override {path!r}: {part!r} is not an index of a list of {len(node)} items.")
     return int(part)
 
@@ -293,7 +302,7 @@ def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
 
 
 def _describe_one(err: dict[str, Any], raw: dict[str, Any]) -> str:
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    loc = _user_loc(raw, err["loc"])
     path = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
         valid = _fields_at(RunConfig, loc[:-1])
@@ -304,6 +313,24 @@ def _describe_one(err: dict[str, Any], raw: dict[str, Any]) -> str:
     if err["type"] == "value_error" and isinstance(err.get("ctx", {}).get("error"), ConfigError):
         return f"{path}: {err['ctx']['error']}"
     return f"key {path!r} has invalid value {_value_at(raw, loc)!r}: {err['msg']}."
+
+
+def _user_loc(raw: Any, loc: tuple[Any, ...]) -> list[Any]:
+    """The key path as the user wrote it: pydantic inserts union members (``int``, ``tuple[int, int]``)
+    and validator names into error locations, which are not keys of the config."""
+    path, node = [], raw
+    for part in loc:
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int):
+            node = node[part] if not isinstance(node, list) or part < len(node) else None
+        elif isinstance(part, str) and (part.startswith("function-") or "[" in part or part in _TYPE_TAGS):
+            continue
+        else:
+            node = None
+        path.append(part)
+    return path
+
+
+_TYPE_TAGS = {"int", "float", "str", "bool", "list", "dict", "tuple", "none", "literal"}
 
 
 def _fields_at(model: type[BaseModel], loc: list[Any]) -> list[str]:

@@ -64,13 +64,22 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] |
     _, val_loader = build_loaders(config, train_set, val_set, device)
     net = load_student(config, task, run_dir, checkpoint).to(device)
     metrics = evaluate(TappedModel(net, {}, task.to_outputs), val_loader, task, device)
-    print_summary({"task": config.task, "student": {"name": config.student.name, "metrics": metrics,
-                   "params": sum(p.numel() for p in net.parameters())}})
+    print_summary(
+        {
+            "task": config.task,
+            "student": {
+                "name": config.student.name,
+                "metrics": metrics,
+                "params": sum(p.numel() for p in net.parameters()),
+            },
+        }
+    )
     return metrics
 
 
-def export_run(run_dir: Path, checkpoint: str = "best", formats: list[str] | None = None,
-               out: Path | None = None) -> list[Path]:
+def export_run(
+    run_dir: Path, checkpoint: str = "best", formats: list[str] | None = None, out: Path | None = None
+) -> list[Path]:
     """Write the student in each format into `out` (default: the run directory); returns the paths."""
     config = run_config(run_dir)
     setup_process(config.model_copy(update={"device": "cpu"}))

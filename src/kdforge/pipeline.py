@@ -41,7 +41,9 @@ def build_task(config: RunConfig) -> Task:
     return TASKS.get(config.task)(config)
 
 
-def build_loaders(config: RunConfig, train: Dataset, val: Dataset, device: torch.device) -> tuple[DataLoader, DataLoader]:
+def build_loaders(
+    config: RunConfig, train: Dataset, val: Dataset, device: torch.device
+) -> tuple[DataLoader, DataLoader]:
     """Train loader with a resumable sampler; both loaders get their own generators, because a loader
     without one draws its workers' seed from the global RNG and would shift dropout after a resume."""
     data = config.data
@@ -49,8 +51,11 @@ def build_loaders(config: RunConfig, train: Dataset, val: Dataset, device: torch
         raise ConfigError(
             f"data.batch_size={data.batch_size} is larger than the training set ({len(train)} samples); lower it."
         )
-    common = dict(num_workers=data.num_workers, pin_memory=data.pin_memory and device.type == "cuda",
-                  persistent_workers=data.num_workers > 0)
+    common = dict(
+        num_workers=data.num_workers,
+        pin_memory=data.pin_memory and device.type == "cuda",
+        persistent_workers=data.num_workers > 0,
+    )
     train_loader = DataLoader(
         train,
         batch_size=data.batch_size,
@@ -59,8 +64,13 @@ def build_loaders(config: RunConfig, train: Dataset, val: Dataset, device: torch
         generator=torch.Generator(),
         **common,
     )
-    val_loader = DataLoader(val, batch_size=data.val_batch_size or data.batch_size, shuffle=False,
-                            generator=torch.Generator().manual_seed(config.seed), **common)
+    val_loader = DataLoader(
+        val,
+        batch_size=data.val_batch_size or data.batch_size,
+        shuffle=False,
+        generator=torch.Generator().manual_seed(config.seed),
+        **common,
+    )
     return train_loader, val_loader
 
 
@@ -76,7 +86,10 @@ def build_distiller(config: RunConfig, task: Task, device: torch.device, example
     elif config.distill.terms:
         raise ConfigError("distill.terms are set but teacher is null; set a teacher or remove the terms.")
     names = unique_names([t.loss for t in config.distill.terms])
-    terms = [WeightedTerm(n, t.weight, build_term(t.loss, t.params())) for n, t in zip(names, config.distill.terms)]
+    terms = [
+        WeightedTerm(n, t.weight, build_term(t.loss, t.params()))
+        for n, t in zip(names, config.distill.terms, strict=True)
+    ]
     distiller = Distiller(student, teacher, task, terms, config.distill.task_weight, _teacher_input(config))
     distiller.to(device)
     student_out, teacher_out = distiller.setup(to_device(example, device))
@@ -99,8 +112,9 @@ def first_batch(loader: DataLoader) -> dict[str, Any]:
     return next(iter(DataLoader(loader.dataset, batch_size=min(2, len(loader.dataset)))))
 
 
-def train(config: RunConfig, resume: str | Path | None = None, run_dir: Path | None = None,
-          write: bool = True) -> RunResult:
+def train(
+    config: RunConfig, resume: str | Path | None = None, run_dir: Path | None = None, write: bool = True
+) -> RunResult:
     """Train (or distil) the student described by `config`; writes a run directory when `write`."""
     device = setup_process(config)
     task = build_task(config)
@@ -131,7 +145,9 @@ def train(config: RunConfig, resume: str | Path | None = None, run_dir: Path | N
     return RunResult(run_dir, metrics, best, teacher_metrics, summary)
 
 
-def _evaluate_teacher(distiller: Distiller, loader: DataLoader, task: Task, device: torch.device, amp: str) -> dict[str, float]:
+def _evaluate_teacher(
+    distiller: Distiller, loader: DataLoader, task: Task, device: torch.device, amp: str
+) -> dict[str, float]:
     if distiller.teacher is None:
         return {}
     model = nn.Sequential(distiller.teacher_input, distiller.teacher)
@@ -156,15 +172,27 @@ def _exported_network(trainer: Trainer, run_dir: Path) -> nn.Module:
     return net
 
 
-def _summary(config: RunConfig, distiller: Distiller, trainer: Trainer, last: dict[str, float],
-             best: dict[str, float], teacher_metrics: dict[str, float]) -> dict[str, Any]:
+def _summary(
+    config: RunConfig,
+    distiller: Distiller,
+    trainer: Trainer,
+    last: dict[str, float],
+    best: dict[str, float],
+    teacher_metrics: dict[str, float],
+) -> dict[str, Any]:
     student_params = count_parameters(trainer.student_net)
     teacher_params = count_parameters(distiller.teacher) if distiller.teacher is not None else None
     return {
         "task": config.task,
-        "student": {"name": config.student.name, "params": student_params, "metrics": best, "last_metrics": last},
-        "teacher": None if teacher_params is None else {
-            "name": config.teacher.name, "params": teacher_params, "metrics": teacher_metrics},
+        "student": {
+            "name": config.student.name,
+            "params": student_params,
+            "metrics": best,
+            "last_metrics": last,
+        },
+        "teacher": None
+        if teacher_params is None
+        else {"name": config.teacher.name, "params": teacher_params, "metrics": teacher_metrics},
         "compression": None if teacher_params is None else teacher_params / student_params,
         "epochs_run": trainer.state.epoch,
         "best_epoch": trainer.state.best_epoch,

@@ -71,6 +71,8 @@ def _import_attr(path: str, what: str) -> object:
             f"{what} needs module {module_name!r}, which failed to import: {exc}. "
             "Install the matching extra, e.g. pip install 'kdforge[yolo]' or 'kdforge[seg]'."
         ) from exc
+    if not hasattr(module, attr):
+        raise RegistryError(f"{what} points to {path!r}, but module {module_name!r} has no attribute {attr!r}.")
     return getattr(module, attr)
 
 
@@ -87,8 +89,7 @@ def import_object(path: str, what: str = "object") -> object:
         if not hasattr(obj, part):
             public = [n for n in dir(obj) if not n.startswith("_")]
             raise RegistryError(
-                f"module {module_name!r} has no attribute {part!r} (for {what} {path!r})."
-                f"{did_you_mean(part, public)}"
+                f"module {module_name!r} has no attribute {part!r} (for {what} {path!r}).{did_you_mean(part, public)}"
             )
         obj = getattr(obj, part)
     return obj

@@ -20,21 +20,69 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train_args(folders: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(folders), "--student", CNN, "--epochs", "1", "--batch-size", "32",
-            "--set", f"output.dir={out}", "--set", "data.image_size=16", "--set", "data.num_workers=0",
-            "--set", "train.max_steps_per_epoch=4", "--set", "student.kwargs={widths: [8, 16]}",
-            "--set", "log.progress=false", "--set", "threads=1", *extra]
+    return [
+        "train",
+        "--data",
+        str(folders),
+        "--student",
+        CNN,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--set",
+        f"output.dir={out}",
+        "--set",
+        "data.image_size=16",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "train.max_steps_per_epoch=4",
+        "--set",
+        "student.kwargs={widths: [8, 16]}",
+        "--set",
+        "log.progress=false",
+        "--set",
+        "threads=1",
+        *extra,
+    ]
 
 
 def test_train_eval_export_from_short_flags(folders, tmp_path, capsys):
-    assert main(_train_args(folders, tmp_path, "--teacher", "none", "--name", "teacher",
-                            "--set", "student.kwargs={widths: [16, 32]}")) == 0
+    assert (
+        main(
+            _train_args(
+                folders,
+                tmp_path,
+                "--teacher",
+                "none",
+                "--name",
+                "teacher",
+                "--set",
+                "student.kwargs={widths: [16, 32]}",
+            )
+        )
+        == 0
+    )
     teacher_weights = tmp_path / "teacher" / "student.safetensors"
     assert teacher_weights.is_file()
 
-    args = _train_args(folders, tmp_path, "--teacher", CNN, "--teacher-checkpoint", str(teacher_weights),
-                       "--set", "teacher.kwargs={widths: [16, 32]}", "--alpha", "0.6", "--temperature", "3",
-                       "--name", "kd")
+    args = _train_args(
+        folders,
+        tmp_path,
+        "--teacher",
+        CNN,
+        "--teacher-checkpoint",
+        str(teacher_weights),
+        "--set",
+        "teacher.kwargs={widths: [16, 32]}",
+        "--alpha",
+        "0.6",
+        "--temperature",
+        "3",
+        "--name",
+        "kd",
+    )
     assert main(args) == 0
     run = tmp_path / "kd"
     config = (run / "config.yaml").read_text()
@@ -44,6 +92,8 @@ def test_train_eval_export_from_short_flags(folders, tmp_path, capsys):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["kind"] == "train"]
     assert {"loss/task", "loss/kd", "lr", "samples_per_s", "data_s", "compute_s"} <= set(train_records[-1])
+    assert [r["epoch"] for r in records if r["kind"] == "val"] == [1]
+    assert list((run / "tb").glob("events.out.tfevents.*")), "TensorBoard wrote no event file"
 
     capsys.readouterr()
     assert main(["eval", str(run), "--checkpoint", "best"]) == 0
@@ -80,8 +130,19 @@ def test_checkpoint_that_does_not_fit_lists_the_keys(folders, tmp_path, capsys):
 
     path = tmp_path / "wrong.pth"
     torch.save({"model": cnn(num_classes=3, widths=[16, 32]).state_dict()}, path)
-    err = _error_of(capsys, _train_args(folders, tmp_path, "--teacher", CNN, "--teacher-checkpoint", str(path),
-                                        "--set", "teacher.kwargs={widths: [16, 32]}"))
+    err = _error_of(
+        capsys,
+        _train_args(
+            folders,
+            tmp_path,
+            "--teacher",
+            CNN,
+            "--teacher-checkpoint",
+            str(path),
+            "--set",
+            "teacher.kwargs={widths: [16, 32]}",
+        ),
+    )
     assert "wrong shape" in err and "head.weight" in err and "(3, 32)" in err
 
 
@@ -90,8 +151,16 @@ def test_pickled_checkpoint_is_refused_without_trust(folders, tmp_path, capsys):
 
     path = tmp_path / "whole_model.pt"
     torch.save(cnn(num_classes=10, widths=[16, 32]), path)
-    args = _train_args(folders, tmp_path, "--teacher", CNN, "--teacher-checkpoint", str(path),
-                       "--set", "teacher.kwargs={widths: [16, 32]}")
+    args = _train_args(
+        folders,
+        tmp_path,
+        "--teacher",
+        CNN,
+        "--teacher-checkpoint",
+        str(path),
+        "--set",
+        "teacher.kwargs={widths: [16, 32]}",
+    )
     assert "trust_checkpoint: true" in _error_of(capsys, args)
     assert main([*args, "--set", "teacher.trust_checkpoint=true"]) == 0
 

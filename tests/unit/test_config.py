@@ -28,7 +28,7 @@ def _error(overrides: list[str], **extra: dict) -> str:
     return str(info.value)
 
 
-# --- merging files -------------------------------------------------------------------------------------------
+# --- merging files --------------------------------------------------------------------------------
 
 
 def test_later_file_wins_and_mappings_merge_key_by_key(tmp_path: Path) -> None:
@@ -49,7 +49,9 @@ def test_file_order_matters(tmp_path: Path) -> None:
 
 
 def test_lists_are_replaced_not_concatenated(tmp_path: Path) -> None:
-    two_terms = {"distill": {"terms": [{"loss": "kd", "weight": 0.3}, {"loss": "fitnet", "student": "a", "teacher": "b"}]}}
+    two_terms = {
+        "distill": {"terms": [{"loss": "kd", "weight": 0.3}, {"loss": "fitnet", "student": "a", "teacher": "b"}]}
+    }
     a = _write(tmp_path / "a.yaml", {**STUDENT, **two_terms})
     b = _write(tmp_path / "b.yaml", {"distill": {"terms": [{"loss": "kd", "weight": 0.9}]}})
     terms = load_config([a, b]).distill.terms
@@ -91,7 +93,7 @@ def test_invalid_yaml_file(tmp_path: Path) -> None:
         load_config([path])
 
 
-# --- overrides -----------------------------------------------------------------------------------------------
+# --- overrides ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -142,10 +144,6 @@ def test_override_bad_list_index(index: str) -> None:
         apply_override(raw, f"distill.terms.{index}.weight=1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config._index: '--1' passes the lstrip('-').isdigit() check, then int('--1') raises a bare ValueError",
-)
 def test_override_malformed_negative_index_is_a_config_error() -> None:
     raw = {"distill": {"terms": [{"loss": "kd"}]}}
     with pytest.raises(ConfigError):
@@ -163,17 +161,12 @@ def test_override_through_a_scalar_list_item() -> None:
         apply_override({"data": {"mean": [0.5, 0.5]}}, "data.mean.0.x.y=1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config._set: when the last parent is a scalar list item (data.mean.0), node[part] = value raises a "
-    "bare TypeError instead of the ConfigError that _child raises one level deeper",
-)
 def test_override_key_of_a_scalar_list_item() -> None:
     with pytest.raises(ConfigError, match="not a mapping"):
         apply_override({"data": {"mean": [0.5, 0.5]}}, "data.mean.0.x=1")
 
 
-# --- errors on unknown keys and bad values -------------------------------------------------------------------
+# --- errors on unknown keys and bad values --------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -228,11 +221,6 @@ def test_bad_list_item_value_names_index_path() -> None:
     assert "'heavy'" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config._describe_one: for union-typed fields (InputSpec.size: int | tuple | None) pydantic adds the "
-    "union member to loc, so the message names 'student.input.size.int' with value '<not given>'",
-)
 def test_bad_value_of_union_field_names_key_path_and_value() -> None:
     message = _error(["student.input.size=abc"])
     assert "'student.input.size'" in message
@@ -256,11 +244,6 @@ def test_amp_values(amp: str) -> None:
     assert _config([f"train.amp={amp}"]).train.amp == amp
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config: YAML 1.1 reads `off` as False, so `train.amp=off` (or `amp: off` in a file) is rejected by "
-    "the Literal['auto', 'off', 'bf16', 'fp16'] field",
-)
 def test_amp_off_from_yaml(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("student: {name: x}\ntrain:\n  amp: off\n")
@@ -268,7 +251,7 @@ def test_amp_off_from_yaml(tmp_path: Path) -> None:
     assert _config(["train.amp=off"]).train.amp == "off"
 
 
-# --- teacher and terms ---------------------------------------------------------------------------------------
+# --- teacher and terms ----------------------------------------------------------------------------
 
 
 def test_teacher_null_is_allowed(tmp_path: Path) -> None:
@@ -287,16 +270,34 @@ def test_teacher_defaults_to_none_and_accepts_a_spec() -> None:
     assert _config([]).teacher is None
     config = _config(["teacher.name=resnet50", "teacher.num_classes=10"])
     assert config.teacher is not None
-    assert (config.teacher.source, config.teacher.name, config.teacher.num_classes) == ("timm", "resnet50", 10)
+    assert (config.teacher.source, config.teacher.name, config.teacher.num_classes) == (
+        "timm",
+        "resnet50",
+        10,
+    )
 
 
 def test_term_extra_params_are_passed_through() -> None:
-    terms = {"terms": [{"loss": "kd", "weight": 0.7, "temperature": 2.0, "student": "logits"}, {"loss": "fitnet"}]}
-    config = _config([], distill=terms)
-    kd, fitnet = config.distill.terms
-    assert (kd.loss, kd.weight) == ("kd", 0.7)
-    assert kd.params() == {"temperature": 2.0, "student": "logits"}
-    assert (fitnet.weight, fitnet.params()) == (1.0, {})
+    kd = {"loss": "kd", "weight": 0.7, "temperature": 2.0, "student": "logits"}
+    fitnet = {"loss": "fitnet", "student": "s1", "teacher": "t1"}
+    config = _config([], distill={"terms": [kd, fitnet]})
+    kd_term, fitnet_term = config.distill.terms
+    assert (kd_term.loss, kd_term.weight) == ("kd", 0.7)
+    assert kd_term.params() == {"temperature": 2.0, "student": "logits"}
+    assert (fitnet_term.weight, fitnet_term.params()) == (1.0, {"student": "s1", "teacher": "t1"})
+
+
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ({"loss": "kdd"}, r"distill\.terms\.1: unknown distillation loss 'kdd'.*Did you mean 'kd'"),
+        ({"loss": "kd", "temprature": 2}, r"distill\.terms\.1: .*no parameter 'temprature'.*'temperature'"),
+        ({"loss": "fitnet", "student": "s"}, r"distill\.terms\.1: .*'fitnet' needs teacher"),
+    ],
+)
+def test_terms_are_checked_at_config_time(term: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        _config([], distill={"terms": [{"loss": "kd"}, term]})
 
 
 def test_term_params_returns_a_copy() -> None:

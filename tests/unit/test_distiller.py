@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from kdforge.distill.distiller import Distiller, InputAdapter, WeightedTerm, unique_names
 from kdforge.distill.losses import build_term
@@ -54,7 +53,7 @@ def _ready(**kwargs: Any) -> tuple[Distiller, dict[str, torch.Tensor]]:
     return distiller.train(), batch
 
 
-# --- what forward returns ------------------------------------------------------------------------------------
+# --- what forward returns -------------------------------------------------------------------------
 
 
 def test_train_mode_returns_loss_parts_and_both_outputs() -> None:
@@ -122,7 +121,7 @@ def test_unique_names() -> None:
     assert unique_names(["kd", "fitnet", "fitnet", "kd"]) == ["kd", "fitnet", "fitnet_1", "kd_1"]
 
 
-# --- the teacher never trains --------------------------------------------------------------------------------
+# --- the teacher never trains ---------------------------------------------------------------------
 
 
 def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
@@ -193,7 +192,7 @@ def test_teacher_runs_under_inference_mode() -> None:
     out["loss"].backward()
 
 
-# --- unlabelled samples --------------------------------------------------------------------------------------
+# --- unlabelled samples ---------------------------------------------------------------------------
 
 
 def test_unlabelled_samples_get_only_the_distillation_term() -> None:
@@ -227,7 +226,7 @@ def test_all_unlabelled_batch_has_zero_task_loss_and_finite_total() -> None:
     assert distiller.student.model.head.weight.grad.abs().sum() > 0  # kd still trains the student
 
 
-# --- input adapter -------------------------------------------------------------------------------------------
+# --- input adapter --------------------------------------------------------------------------------
 
 
 def test_input_adapter_renormalizes_per_channel() -> None:
@@ -248,7 +247,8 @@ def test_input_adapter_resizes_to_the_teacher_size() -> None:
     x = torch.full((2, 1, 3, 3), 0.75)
     out = adapter(x)
     assert out.shape == (2, 1, 6, 6)
-    torch.testing.assert_close(out, torch.full((2, 1, 6, 6), 0.5))  # (0.75 - 0.5) / 0.5, constant under resize
+    # (0.75 - 0.5) / 0.5 everywhere: a constant image stays constant under resize.
+    torch.testing.assert_close(out, torch.full((2, 1, 6, 6), 0.5))
     torch.manual_seed(0)
     image = torch.rand(1, 3, 8, 8)
     down = InputAdapter((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), size=(4, 2))(image)

@@ -1,4 +1,4 @@
-"""Distillation terms: hand-computed values, adapters, parameter checks, and a contract run over every term."""
+"""Distillation terms: hand-computed values, adapters, parameter checks, a contract over every term."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _outputs(batch: int = 3, classes: int = 5, channels: int = 4, size: int = 6,
     }
 
 
-# --- kd ------------------------------------------------------------------------------------------------------
+# --- kd -------------------------------------------------------------------------------------------
 
 
 def test_kd_matches_hand_computation() -> None:
@@ -88,7 +88,7 @@ def test_kd_reads_configured_keys() -> None:
 
 
 def test_kd_missing_key_names_available_keys() -> None:
-    with pytest.raises(KeyError, match=r"student's outputs have no 'logits'.*\['feat:x'\]"):
+    with pytest.raises(ConfigError, match=r"student's outputs have no 'logits'.*\['feat:x'\]"):
         HintonKD()({"feat:x": torch.zeros(1, 2)}, {"logits": torch.zeros(1, 2)}, {})
 
 
@@ -113,7 +113,7 @@ def test_kd_under_bf16_autocast_is_float32_and_finite() -> None:
     assert torch.isfinite(student.grad.float()).all()
 
 
-# --- fitnet and its adapter ----------------------------------------------------------------------------------
+# --- fitnet and its adapter -----------------------------------------------------------------------
 
 
 def _fitnet(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> FitNet:
@@ -186,11 +186,11 @@ def test_fitnet_before_setup_says_so() -> None:
 
 
 def test_fitnet_missing_tap_names_taps_config() -> None:
-    with pytest.raises(KeyError, match=r"teacher's outputs have no 'feat:t'.*distill.taps"):
+    with pytest.raises(ConfigError, match=r"teacher's outputs have no 'feat:t'.*distill\.taps\.teacher"):
         FitNet("s", "t").setup({"feat:s": torch.zeros(1, 2)}, {"logits": torch.zeros(1, 2)})
 
 
-# --- build_term ----------------------------------------------------------------------------------------------
+# --- build_term -----------------------------------------------------------------------------------
 
 
 def test_build_term_unknown_parameter_names_valid_ones() -> None:
@@ -207,6 +207,11 @@ def test_build_term_unknown_parameter_of_fitnet() -> None:
         build_term("fitnet", {"student": "a", "teacher": "b", "weight_decay": 1})
 
 
+def test_build_term_missing_required_parameter() -> None:
+    with pytest.raises(ConfigError, match="'fitnet' needs teacher"):
+        build_term("fitnet", {"student": "a"})
+
+
 def test_build_term_unknown_name_lists_terms() -> None:
     with pytest.raises(RegistryError, match=r"unknown distillation loss 'kdd'.*'kd'.*Available: .*fitnet"):
         build_term("kdd", {})
@@ -218,14 +223,14 @@ def test_build_term_passes_parameters() -> None:
     assert term.temperature == 3.0
 
 
-# --- contract over every registered term ---------------------------------------------------------------------
+# --- contract over every registered term ----------------------------------------------------------
 
 
 def _built(name: str) -> DistillTerm:
     if name not in CONTRACT_PARAMS:
         pytest.fail(
-            f"distillation loss {name!r} has no entry in CONTRACT_PARAMS in {__file__}; add the parameters it needs "
-            "to be built against outputs with 'logits' (B, C) and a 'feat:f' tap."
+            f"distillation loss {name!r} has no entry in CONTRACT_PARAMS in {__file__}; add the parameters "
+            "it needs to be built against outputs with 'logits' (B, C) and a 'feat:f' tap."
         )
     term = build_term(name, dict(CONTRACT_PARAMS[name]))
     assert isinstance(term, DistillTerm)
@@ -249,7 +254,8 @@ def _teacher_net() -> nn.Module:
 
 
 def test_every_term_has_contract_params() -> None:
-    assert set(TERMS.names()) <= set(CONTRACT_PARAMS), "add the new terms to CONTRACT_PARAMS"
+    missing = sorted(set(TERMS.names()) - set(CONTRACT_PARAMS))
+    assert not missing, f"add {missing} to CONTRACT_PARAMS in {__file__} so the contract tests can build them"
 
 
 @pytest.mark.parametrize("name", TERMS.names())

@@ -40,10 +40,12 @@ def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
 
 
 def _spec(path: Path | None = None, **kwargs) -> ModelSpec:
-    return ModelSpec(source="import", name=CNN, kwargs={"widths": WIDTHS}, checkpoint=str(path) if path else None, **kwargs)
+    return ModelSpec(
+        source="import", name=CNN, kwargs={"widths": WIDTHS}, checkpoint=str(path) if path else None, **kwargs
+    )
 
 
-# --- build_model ---------------------------------------------------------------------------------------------
+# --- build_model ----------------------------------------------------------------------------------
 
 
 def test_build_timm_model_with_num_classes() -> None:
@@ -120,7 +122,7 @@ def test_build_model_loads_its_checkpoint(tmp_path: Path) -> None:
     _assert_same_weights(model, source)
 
 
-# --- file formats and nesting --------------------------------------------------------------------------------
+# --- file formats and nesting ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin"])
@@ -215,7 +217,7 @@ def test_prefix_kept_when_not_shared_by_every_key(tmp_path: Path) -> None:
     assert set(read_state_dict(path)) == {"module.a", "b"}
 
 
-# --- mismatches ----------------------------------------------------------------------------------------------
+# --- mismatches -----------------------------------------------------------------------------------
 
 
 def test_mismatch_lists_missing_unexpected_and_wrong_shape_keys(tmp_path: Path) -> None:
@@ -246,7 +248,7 @@ def test_mismatch_truncates_long_key_lists(tmp_path: Path) -> None:
         load_weights(_cnn(), path)
 
 
-# --- trust and unreadable files ------------------------------------------------------------------------------
+# --- trust and unreadable files -------------------------------------------------------------------
 
 
 def test_pickled_module_is_refused_unless_trusted(tmp_path: Path) -> None:
@@ -291,11 +293,6 @@ def test_truncated_torch_file(tmp_path: Path) -> None:
     assert not isinstance(info.value, UntrustedCheckpointError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checkpoint._read_file: safetensors.load_file errors (SafetensorError) are not caught, so a truncated "
-    ".safetensors file escapes as a raw SafetensorError instead of a CheckpointError",
-)
 def test_truncated_safetensors_file(tmp_path: Path) -> None:
     path = tmp_path / "w.safetensors"
     save_file(_cnn().state_dict(), str(path))
@@ -305,11 +302,6 @@ def test_truncated_safetensors_file(tmp_path: Path) -> None:
         read_state_dict(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checkpoint._read_file: a .pt file that is neither zip nor pickle (e.g. text) goes to torch's legacy "
-    "loader, whose KeyError is not caught, so no CheckpointError is raised",
-)
 def test_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     path.write_bytes(b"hello, this is not a checkpoint")

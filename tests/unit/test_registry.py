@@ -110,11 +110,6 @@ def test_lazy_entry_with_missing_module_says_what_to_install() -> None:
     assert "pip install" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="registry._import_attr: a lazy entry whose module imports but lacks the attribute raises a bare "
-    "AttributeError from getattr instead of a RegistryError naming the entry (import_object does this right)",
-)
 def test_lazy_entry_with_missing_attribute_is_a_registry_error() -> None:
     things: Registry = Registry("widget")
     things.register("broken", "collections:NoSuchThing")

@@ -154,6 +154,15 @@ def test_a_tap_that_did_not_fire_is_absent() -> None:
     assert set(model(torch.zeros(1, 2))) == {"logits", "feat:u"}
 
 
+def test_tap_is_not_changed_by_later_in_place_ops() -> None:
+    model = _tapped({"bn": "stages.0.1"})
+    x = torch.randn(2, 3, 8, 8)
+    out = model(x)
+    with torch.no_grad():
+        bn = model.model.stages[0][1](model.model.stages[0][0](x))
+    torch.testing.assert_close(out["feat:bn"], bn)
+
+
 @pytest.mark.slow
 def test_tapped_model_under_torch_compile() -> None:
     model = _tapped()

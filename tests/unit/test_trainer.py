@@ -38,8 +38,14 @@ def _final_student(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_resume_inside_an_epoch_gives_identical_weights(make_config, monkeypatch, tmp_path):
     sections = dict(
         student={"kwargs": {"dropout": 0.3}},  # consumes the RNG every step
-        train={"epochs": 2, "max_steps_per_epoch": 7, "grad_accum": 2, "ema": {"decay": 0.9},
-               "checkpoint": {"every_steps": 5}, "clip_grad_norm": 1.0},
+        train={
+            "epochs": 2,
+            "max_steps_per_epoch": 7,
+            "grad_accum": 2,
+            "ema": {"decay": 0.9},
+            "checkpoint": {"every_steps": 5},
+            "clip_grad_norm": 1.0,
+        },
     )
     uninterrupted = train(make_config(**sections, output={"name": "full"}))
 
@@ -64,8 +70,10 @@ def test_resume_inside_an_epoch_gives_identical_weights(make_config, monkeypatch
 
 def test_nan_batch_is_skipped_and_counted(make_config):
     # One training image with NaN pixels: the batch holding it is skipped once per epoch.
-    config = make_config(data={"dataset": "import", "factory": "tests.unit.factories:digits_with_nan",
-                               "kwargs": {"bad": 1}}, train={"epochs": 2, "max_steps_per_epoch": None})
+    config = make_config(
+        data={"dataset": "import", "factory": "tests.unit.factories:digits_with_nan", "kwargs": {"bad": 1}},
+        train={"epochs": 2, "max_steps_per_epoch": None},
+    )
     result = train(config)
     assert result.summary["nonfinite_steps"] == 2
     weights = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["student"]
@@ -75,16 +83,27 @@ def test_nan_batch_is_skipped_and_counted(make_config):
 
 
 def test_nan_every_step_stops_with_a_clear_error(make_config):
-    config = make_config(data={"dataset": "import", "factory": "tests.unit.factories:digits_with_nan",
-                               "kwargs": {"bad": 10_000}}, train={"max_nonfinite_steps": 3})
+    config = make_config(
+        data={
+            "dataset": "import",
+            "factory": "tests.unit.factories:digits_with_nan",
+            "kwargs": {"bad": 10_000},
+        },
+        train={"max_nonfinite_steps": 3},
+    )
     with pytest.raises(NonFiniteLossError, match="3 steps in a row"):
         train(config)
 
 
 def test_early_stopping_stops_at_the_expected_epoch(make_config):
     # A learning rate of ~0 keeps the metric constant, so it never improves after epoch 1.
-    config = make_config(train={"epochs": 10, "optimizer": {"lr": 1e-30},
-                                "early_stopping": {"metric": "val/acc1", "mode": "max", "patience": 3}})
+    config = make_config(
+        train={
+            "epochs": 10,
+            "optimizer": {"lr": 1e-30},
+            "early_stopping": {"metric": "val/acc1", "mode": "max", "patience": 3},
+        }
+    )
     result = train(config)
     assert result.summary["epochs_run"] == 4
     assert result.summary["stopped_early"] is True
@@ -93,8 +112,13 @@ def test_early_stopping_stops_at_the_expected_epoch(make_config):
 
 
 def test_checkpoint_files_and_pruning(make_config):
-    config = make_config(train={"epochs": 4, "max_steps_per_epoch": 2,
-                                "checkpoint": {"every_epochs": 1, "every_steps": 1, "keep_last": 2}})
+    config = make_config(
+        train={
+            "epochs": 4,
+            "max_steps_per_epoch": 2,
+            "checkpoint": {"every_epochs": 1, "every_steps": 1, "keep_last": 2},
+        }
+    )
     result = train(config)
     names = sorted(p.name for p in (result.run_dir / "checkpoints").iterdir())
     assert names == ["best.pt", "epoch_3.pt", "epoch_4.pt", "last.pt", "step_7.pt", "step_8.pt"]
@@ -123,8 +147,11 @@ def test_grad_accumulation_matches_a_big_batch(make_config):
     # Two micro-batches of 16 with accumulation take the same steps as batches of 32.
     mlp = ModelSpec(source="import", name="tests.unit.factories:mlp", kwargs={"hidden": 32})
     big = make_config(data={"batch_size": 32}, train={"epochs": 1, "max_steps_per_epoch": 4})
-    small = make_config(data={"batch_size": 16}, output={"name": "accum"},
-                        train={"epochs": 1, "max_steps_per_epoch": 8, "grad_accum": 2})
+    small = make_config(
+        data={"batch_size": 16},
+        output={"name": "accum"},
+        train={"epochs": 1, "max_steps_per_epoch": 8, "grad_accum": 2},
+    )
     big.student = small.student = mlp
     big, small = train(big), train(small)
     a, b = _final_student(big.run_dir), _final_student(small.run_dir)

@@ -38,7 +38,12 @@ class DigitsDataset(Dataset):
     classes = [str(i) for i in range(10)]
 
     def __init__(
-        self, split: str = "train", image_size: int = 8, in_chans: int = 1, seed: int = 0, val_fraction: float = 0.25
+        self,
+        split: str = "train",
+        image_size: int = 8,
+        in_chans: int = 1,
+        seed: int = 0,
+        val_fraction: float = 0.25,
     ) -> None:
         images, self.targets = digits_split(split, seed, val_fraction)
         if image_size != 8:
@@ -65,7 +70,7 @@ def write_image_folders(out: str | Path, image_size: int = 32, seed: int = 0) ->
         images, targets = digits_split(split, seed)
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
         pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()  # (N, H, W)
-        for i, (img, label) in enumerate(zip(pixels, targets.tolist())):
+        for i, (img, label) in enumerate(zip(pixels, targets.tolist(), strict=True)):
             folder = out / split / str(label)
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img, mode="L").convert("RGB").save(folder / f"{i:04d}.png")

@@ -51,7 +51,9 @@ class InputAdapter(nn.Module):
         self.register_buffer("scale", scale.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("shift", shift.view(1, -1, 1, 1), persistent=False)
         self.size = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
-        self.renormalize = not (torch.allclose(scale, torch.ones_like(scale)) and torch.allclose(shift, torch.zeros_like(shift)))
+        self.renormalize = not (
+            torch.allclose(scale, torch.ones_like(scale)) and torch.allclose(shift, torch.zeros_like(shift))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.renormalize:
@@ -142,7 +144,7 @@ class Distiller(nn.Module):
         if self.task_weight > 0:
             parts["task"] = self.task.loss(student, batch)
             total = total + self.task_weight * parts["task"]
-        for name, weight, term in zip(self.term_names, self.term_weights, self.terms):
+        for name, weight, term in zip(self.term_names, self.term_weights, self.terms, strict=True):
             parts[name] = term(student, teacher, batch)
             total = total + weight * parts[name]
         return {"loss": total, "parts": parts, "student": student, "teacher": teacher}

@@ -38,7 +38,7 @@ class ModelEma:
         self.updates += 1
         ema_tensors, live = self._pairs
         torch._foreach_lerp_(ema_tensors, [t.detach() for t in live], 1.0 - self.current_decay())
-        for ema_buf, buf in zip(self.module.buffers(), model.buffers()):
+        for ema_buf, buf in zip(self.module.buffers(), model.buffers(), strict=True):
             if not ema_buf.is_floating_point():
                 ema_buf.copy_(buf)
 

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console(stderr=True)
 
@@ -23,8 +30,9 @@ class RunLogger:
         verbose: print per-evaluation lines (warnings are always printed).
     """
 
-    def __init__(self, run_dir: Path | None, tensorboard: bool = True, progress: bool = True,
-                 verbose: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path | None, tensorboard: bool = True, progress: bool = True, verbose: bool = True
+    ) -> None:
         self.run_dir = run_dir
         self._jsonl = (run_dir / "metrics.jsonl").open("a") if run_dir else None
         self._tb = _summary_writer(run_dir / "tb") if run_dir and tensorboard else None

@@ -197,8 +197,7 @@ class Trainer:
         self.state.nonfinite_total += 1
         self.state.nonfinite_streak += 1
         self.logger.warning(
-            f"step {self.state.global_step}: {why}; step skipped "
-            f"({self.state.nonfinite_total} skipped in total)"
+            f"step {self.state.global_step}: {why}; step skipped ({self.state.nonfinite_total} skipped in total)"
         )
         if self.state.nonfinite_streak >= self.train_cfg.max_nonfinite_steps:
             raise NonFiniteLossError(
@@ -209,8 +208,15 @@ class Trainer:
 
     # ---------------------------------------------------------------- logging
     def _reset_window(self) -> None:
-        self._window = {"loss": 0.0, "parts": {}, "count": 0, "samples": 0, "data_s": 0.0, "compute_s": 0.0,
-                        "start": time.perf_counter()}
+        self._window = {
+            "loss": 0.0,
+            "parts": {},
+            "count": 0,
+            "samples": 0,
+            "data_s": 0.0,
+            "compute_s": 0.0,
+            "start": time.perf_counter(),
+        }
 
     def _accumulate(self, loss: float, parts: dict[str, torch.Tensor], samples: int) -> None:
         window = self._window

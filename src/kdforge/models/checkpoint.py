@@ -36,7 +36,10 @@ def _read_file(path: Path, trust: bool) -> Any:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise CheckpointError(f"checkpoint {str(path)!r} is not a valid safetensors file: {exc}") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
@@ -48,7 +51,7 @@ def _read_file(path: Path, trust: bool) -> Any:
             "(torch.save(model.state_dict(), path)) or, if you trust its source, set "
             "trust_checkpoint: true on this model."
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - truncated zips, text files, old formats: all unusable
         raise CheckpointError(f"checkpoint {str(path)!r} is unreadable (truncated or not a torch file): {exc}") from exc
 
 

@@ -50,7 +50,9 @@ class TappedModel(nn.Module):
     def _hook(self, tap: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if self._store is not None:
-                self._store[tap_key(tap)] = output[0] if isinstance(output, (tuple, list)) else output
+                tensor = output[0] if isinstance(output, (tuple, list)) else output
+                # A clone: a following in-place op (ReLU(inplace=True)) would otherwise rewrite the tap.
+                self._store[tap_key(tap)] = tensor.clone()
 
         return hook
 
@@ -67,5 +69,9 @@ class TappedModel(nn.Module):
 def _unknown_module(path: str, modules: dict[str, nn.Module]) -> str:
     names = [n for n in modules if n]
     near = closest(path, names, n=5)
-    hint = f" Closest names: {', '.join(near)}." if near else f" Top-level modules: {', '.join(n for n in names if '.' not in n)}."
+    hint = (
+        f" Closest names: {', '.join(near)}."
+        if near
+        else f" Top-level modules: {', '.join(n for n in names if '.' not in n)}."
+    )
     return f"tap module {path!r} does not exist in the model.{hint} List all with: kdforge modules <model>."

@@ -26,7 +26,11 @@ class SimpleCNN(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int = 10, in_chans: int = 3, widths: Sequence[int] = (32, 64, 128), dropout: float = 0.0
+        self,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: Sequence[int] = (32, 64, 128),
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         chans = [in_chans, *widths]
@@ -42,6 +46,8 @@ class SimpleCNN(nn.Module):
         return self.head(self.drop(self.pool(self.stages(x))))  # (B, num_classes)
 
 
-def cnn(num_classes: int = 10, in_chans: int = 3, widths: Sequence[int] = (32, 64, 128), dropout: float = 0.0) -> SimpleCNN:
+def cnn(
+    num_classes: int = 10, in_chans: int = 3, widths: Sequence[int] = (32, 64, 128), dropout: float = 0.0
+) -> SimpleCNN:
     """Factory for configs: ``{source: import, name: "kdforge.models.zoo:cnn", kwargs: {widths: [16, 32]}}``."""
     return SimpleCNN(num_classes=num_classes, in_chans=in_chans, widths=widths, dropout=dropout)

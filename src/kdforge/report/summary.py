@@ -28,20 +28,34 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     console = console or Console()
     student, teacher = summary["student"], summary.get("teacher")
     metrics = list(student["metrics"])
-    table = Table(title=f"kdforge {summary['task']} run", title_justify="left")
+    best = f", student at its best epoch ({summary['best_epoch']})" if summary.get("best_epoch") else ""
+    table = Table(title=f"kdforge {summary['task']} run{best}", title_justify="left")
     table.add_column("model")
     table.add_column("name")
     table.add_column("params", justify="right")
     for name in metrics:
         table.add_column(name, justify="right")
     if teacher:
-        table.add_row("teacher", teacher["name"], format_params(teacher["params"]),
-                      *(_fmt(teacher["metrics"].get(m)) for m in metrics))
-    table.add_row("student (best)", student["name"], format_params(student["params"]),
-                  *(_fmt(student["metrics"].get(m)) for m in metrics))
+        table.add_row(
+            "teacher",
+            short_name(teacher["name"]),
+            format_params(teacher["params"]),
+            *(_fmt(teacher["metrics"].get(m)) for m in metrics),
+        )
+    table.add_row(
+        "student",
+        short_name(student["name"]),
+        format_params(student["params"]),
+        *(_fmt(student["metrics"].get(m)) for m in metrics),
+    )
     console.print(table)
     if summary.get("compression"):
         console.print(f"compression: {summary['compression']:.1f}x fewer parameters")
+
+
+def short_name(name: str) -> str:
+    """``mypkg.models:big_net`` -> ``big_net``; timm / torchvision names unchanged."""
+    return name.rsplit(":", 1)[-1]
 
 
 def _fmt(value: float | None) -> str:

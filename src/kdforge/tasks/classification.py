@@ -89,4 +89,9 @@ class ClassificationMetrics(Metrics):
     def compute(self) -> dict[str, float]:
         n = max(self.count, 1)
         acc1 = 100.0 * self.correct1 / n
-        return {"val/acc1": acc1, f"val/acc{self.k}": 100.0 * self.correctk / n, "val/loss": self.loss_sum / n, "fitness": acc1}
+        return {
+            "val/acc1": acc1,
+            f"val/acc{self.k}": 100.0 * self.correctk / n,
+            "val/loss": self.loss_sum / n,
+            "fitness": acc1,
+        }
