@@ -138,7 +138,7 @@ class Distiller(nn.Module):
         student = self.student(batch["input"])
         if not self.training:
             return student
-        teacher = self.teacher_outputs(batch) if self.teacher is not None else {}
+        teacher = self.teacher_outputs(batch) if self.teacher is not None and self.term_names else {}
         parts: dict[str, torch.Tensor] = {}
         total = student_zero(student)
         if self.task_weight > 0:

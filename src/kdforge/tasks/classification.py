@@ -36,6 +36,11 @@ class ClassificationTask(Task):
                 f"only in train: {sorted(set(names) - set(val_names))[:10]}, "
                 f"only in val: {sorted(set(val_names) - set(names))[:10]}. Give both splits the same class folders."
             )
+        if cfg.num_classes is not None and cfg.num_classes < len(names):
+            raise DataError(
+                f"data.num_classes={cfg.num_classes} but the dataset has {len(names)} classes "
+                f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); remove data.num_classes or fix it."
+            )
         self.class_names = names
         self.num_classes = cfg.num_classes or len(names)
         return train, val
