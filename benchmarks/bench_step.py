@@ -205,15 +205,18 @@ def kdforge_block(trainer: Trainer) -> None:
 
 
 # ---------------------------------------------------------------- measurement
-def timed(fn: Callable[[], None], device: torch.device) -> float:
+def timed(fn: Callable[[], None], device: torch.device) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of `fn`. CPU time leaves out the time this process spent
+    descheduled by other load, so it is steadier on a busy machine (with --threads 1 it is the step's
+    own cost; with more threads it adds every thread's time, OpenMP spinning included)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def check_same_loss(trainer: Trainer, hand: HandLoop, batch: dict[str, Any], device: torch.device) -> float:
@@ -308,7 +311,9 @@ def main(argv: list[str] | None = None) -> float:
             timed(fn, device)
 
     ratios: list[float] = []
+    cpu_ratios: list[float] = []
     rates: dict[str, list[float]] = {name: [] for name in loops}
+    cpu: dict[str, float] = {}
     step_times: dict[str, list[float]] = {name: [] for name in loops}
     for round_index in range(args.rounds):
         names = list(loops)
@@ -317,12 +322,15 @@ def main(argv: list[str] | None = None) -> float:
         for name in names:
             fn, clock = loops[name]
             clock.stamps = []
-            rates[name].append(args.steps / timed(fn, device))
+            wall, cpu[name] = timed(fn, device)
+            rates[name].append(args.steps / wall)
             step_times[name] += clock.step_times()
         hand_sps, kd_sps = rates["hand-written"][-1], rates["kdforge"][-1]
         ratios.append(kd_sps / hand_sps)
-        print(f"round {round_index + 1}: hand-written {hand_sps:7.3f} steps/s   "
-              f"kdforge {kd_sps:7.3f} steps/s   ratio {ratios[-1]:.3f}   ({names[0]} first)")
+        cpu_ratios.append(cpu["hand-written"] / cpu["kdforge"])
+        print(f"round {round_index + 1:2d}: hand-written {hand_sps:7.3f} steps/s   "
+              f"kdforge {kd_sps:7.3f} steps/s   ratio {ratios[-1]:.3f}   "
+              f"(CPU-time ratio {cpu_ratios[-1]:.3f}; {names[0]} first)")
 
     steps_expected = (args.warmup_rounds + args.rounds) * args.steps
     assert hand.steps == steps_expected, (hand.steps, steps_expected)
@@ -332,6 +340,7 @@ def main(argv: list[str] | None = None) -> float:
               f"(min {min(values):.3f}, max {max(values):.3f})")
     best = max(rates["kdforge"]) / max(rates["hand-written"])
     print(f"ratio of the fastest blocks: {best:.3f}")
+    print(f"CPU-time ratio (hand-written CPU s / kdforge CPU s): median {statistics.median(cpu_ratios):.3f}")
     if device.type == "cpu" and all(step_times.values()):  # on CUDA, unsynchronised stamps mean little
         medians = {name: statistics.median(times) for name, times in step_times.items()}
         print(f"median step time: hand-written {1e3 * medians['hand-written']:.1f} ms, "
