@@ -79,34 +79,42 @@ def make_dataset(split: str, size: int, val_size: int, image_size: int, num_clas
 
 # ---------------------------------------------------------------- setup
 def bench_config(args: argparse.Namespace, blocks: int) -> RunConfig:
-    return validate_config({
-        "seed": 0,
-        "device": args.device,
-        "threads": args.threads,
-        "teacher": {"source": "timm", "name": args.teacher},
-        "student": {"source": "timm", "name": args.student},
-        "data": {
-            "dataset": "import",
-            "factory": f"{__name__}:make_dataset",
-            "kwargs": {"size": args.steps * args.batch_size, "val_size": args.batch_size,
-                       "image_size": args.image_size, "num_classes": args.num_classes},
-            "image_size": args.image_size,
-            "num_classes": args.num_classes,
-            "batch_size": args.batch_size,
-            "num_workers": 0,
-            "pin_memory": False,
-        },
-        "distill": {"task_weight": 1.0 - ALPHA,
-                    "terms": [{"loss": "kd", "weight": ALPHA, "temperature": TEMPERATURE}]},
-        "train": {
-            "epochs": blocks,  # one _train_epoch call per block: the cosine schedule spans the whole run
-            "max_steps_per_epoch": args.steps,
-            "amp": args.amp,
-            "optimizer": {"name": "adamw", "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": BETAS},
-            "schedule": {"name": "cosine"},
-        },
-        "log": {"tensorboard": False, "progress": False},
-    })
+    return validate_config(
+        {
+            "seed": 0,
+            "device": args.device,
+            "threads": args.threads,
+            "teacher": {"source": "timm", "name": args.teacher},
+            "student": {"source": "timm", "name": args.student},
+            "data": {
+                "dataset": "import",
+                "factory": f"{__name__}:make_dataset",
+                "kwargs": {
+                    "size": args.steps * args.batch_size,
+                    "val_size": args.batch_size,
+                    "image_size": args.image_size,
+                    "num_classes": args.num_classes,
+                },
+                "image_size": args.image_size,
+                "num_classes": args.num_classes,
+                "batch_size": args.batch_size,
+                "num_workers": 0,
+                "pin_memory": False,
+            },
+            "distill": {
+                "task_weight": 1.0 - ALPHA,
+                "terms": [{"loss": "kd", "weight": ALPHA, "temperature": TEMPERATURE}],
+            },
+            "train": {
+                "epochs": blocks,  # one _train_epoch call per block: the cosine schedule spans the whole run
+                "max_steps_per_epoch": args.steps,
+                "amp": args.amp,
+                "optimizer": {"name": "adamw", "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": BETAS},
+                "schedule": {"name": "cosine"},
+            },
+            "log": {"tensorboard": False, "progress": False},
+        }
+    )
 
 
 def amp_context(device: torch.device, amp: str) -> Callable[[], AbstractContextManager]:
@@ -148,8 +156,15 @@ class ClockLogger(RunLogger):
 class HandLoop:
     """The minimal hand-written KD loop, with exactly kdforge's settings."""
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, loader: DataLoader, device: torch.device,
-                 amp: str, total_steps: int) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        loader: DataLoader,
+        device: torch.device,
+        amp: str,
+        total_steps: int,
+    ) -> None:
         self.teacher, self.student, self.loader, self.device = teacher, student, loader, device
         self.autocast = amp_context(device, amp)
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
@@ -157,7 +172,8 @@ class HandLoop:
         no_decay = [p for p in student.parameters() if p.ndim <= 1]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=LR, betas=BETAS,
+            lr=LR,
+            betas=BETAS,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / total_steps)))
@@ -172,8 +188,12 @@ class HandLoop:
             s_logits = self.student(x)
         s, t = s_logits.float(), t_logits.float()
         ce = F.cross_entropy(s, y)
-        kl = F.kl_div(F.log_softmax(s / TEMPERATURE, dim=-1), F.log_softmax(t / TEMPERATURE, dim=-1),
-                      reduction="batchmean", log_target=True)
+        kl = F.kl_div(
+            F.log_softmax(s / TEMPERATURE, dim=-1),
+            F.log_softmax(t / TEMPERATURE, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
         return (1.0 - ALPHA) * ce + ALPHA * TEMPERATURE**2 * kl
 
     def run(self, steps: int) -> None:
@@ -245,8 +265,9 @@ def profile_blocks(trainer: Trainer, hand: HandLoop, steps: int, top: int) -> No
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one block of each loop each)")
@@ -257,10 +278,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher", default="resnet18", help="timm model name")
     parser.add_argument("--student", default="resnet10t", help="timm model name")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-                        help="kdforge's train.amp (auto: bf16 on CUDA, off on CPU); the hand loop matches")
-    parser.add_argument("--order", default="alternate", choices=["alternate", "ab"],
-                        help="alternate: AB BA AB ...; ab: hand-written first in every round")
+    parser.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="kdforge's train.amp (auto: bf16 on CUDA, off on CPU); the hand loop matches",
+    )
+    parser.add_argument(
+        "--order",
+        default="alternate",
+        choices=["alternate", "ab"],
+        help="alternate: AB BA AB ...; ab: hand-written first in every round",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile one block of each loop at the end")
     parser.add_argument("--profile-top", type=int, default=25)
     args = parser.parse_args(argv)
@@ -281,23 +310,34 @@ def main(argv: list[str] | None = None) -> float:
     train_loader, val_loader = build_loaders(config, train_set, val_set, device)
     distiller = build_distiller(config, task, device, first_batch(train_loader))
     kd_clock = StepClock()
-    trainer = Trainer(config, distiller, task, train_loader, val_loader, device, run_dir=None,
-                      logger=ClockLogger(kd_clock))
+    trainer = Trainer(
+        config, distiller, task, train_loader, val_loader, device, run_dir=None, logger=ClockLogger(kd_clock)
+    )
     assert trainer.steps_per_epoch == args.steps, (trainer.steps_per_epoch, args.steps)
 
     hand_loader, _ = build_loaders(config, train_set, val_set, device)  # identical loader, own iterator
     hand_student = copy.deepcopy(trainer.student_net)  # same initial weights, own optimizer
-    hand = HandLoop(distiller.teacher.model, hand_student, hand_loader, device, trainer.amp,
-                    total_steps=blocks * trainer.optimizer_steps_per_epoch)
+    hand = HandLoop(
+        distiller.teacher.model,
+        hand_student,
+        hand_loader,
+        device,
+        trainer.amp,
+        total_steps=blocks * trainer.optimizer_steps_per_epoch,
+    )
     diff = check_same_loss(trainer, hand, next(iter(hand_loader)), device)
 
     n_params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, amp {trainer.amp}")
-    print(f"teacher {args.teacher} ({n_params(distiller.teacher):.2f}M), student {args.student} "
-          f"({n_params(hand_student):.2f}M), batch {args.batch_size}, "
-          f"image {args.image_size}x{args.image_size}, {args.num_classes} classes")
-    print(f"{args.warmup_rounds} warm-up block(s) each, then {args.rounds} rounds x {args.steps} steps "
-          f"per loop; order {args.order}")
+    print(
+        f"teacher {args.teacher} ({n_params(distiller.teacher):.2f}M), student {args.student} "
+        f"({n_params(hand_student):.2f}M), batch {args.batch_size}, "
+        f"image {args.image_size}x{args.image_size}, {args.num_classes} classes"
+    )
+    print(
+        f"{args.warmup_rounds} warm-up block(s) each, then {args.rounds} rounds x {args.steps} steps "
+        f"per loop; order {args.order}"
+    )
     print(f"loss check on one batch (same weights): |kdforge - hand-written| = {diff:.2e}")
     if diff > 1e-3:
         print("WARNING: the two loops do not compute the same loss; the comparison is not like for like")
@@ -328,25 +368,30 @@ def main(argv: list[str] | None = None) -> float:
         hand_sps, kd_sps = rates["hand-written"][-1], rates["kdforge"][-1]
         ratios.append(kd_sps / hand_sps)
         cpu_ratios.append(cpu["hand-written"] / cpu["kdforge"])
-        print(f"round {round_index + 1:2d}: hand-written {hand_sps:7.3f} steps/s   "
-              f"kdforge {kd_sps:7.3f} steps/s   ratio {ratios[-1]:.3f}   "
-              f"(CPU-time ratio {cpu_ratios[-1]:.3f}; {names[0]} first)")
+        print(
+            f"round {round_index + 1:2d}: hand-written {hand_sps:7.3f} steps/s   "
+            f"kdforge {kd_sps:7.3f} steps/s   ratio {ratios[-1]:.3f}   "
+            f"(CPU-time ratio {cpu_ratios[-1]:.3f}; {names[0]} first)"
+        )
 
     steps_expected = (args.warmup_rounds + args.rounds) * args.steps
     assert hand.steps == steps_expected, (hand.steps, steps_expected)
     assert trainer.state.global_step == steps_expected, (trainer.state.global_step, steps_expected)
     for name, values in rates.items():
-        print(f"{name:>12}: median {statistics.median(values):.3f} steps/s "
-              f"(min {min(values):.3f}, max {max(values):.3f})")
+        print(
+            f"{name:>12}: median {statistics.median(values):.3f} steps/s (min {min(values):.3f}, max {max(values):.3f})"
+        )
     best = max(rates["kdforge"]) / max(rates["hand-written"])
     print(f"ratio of the fastest blocks: {best:.3f}")
     print(f"CPU-time ratio (hand-written CPU s / kdforge CPU s): median {statistics.median(cpu_ratios):.3f}")
     if device.type == "cpu" and all(step_times.values()):  # on CUDA, unsynchronised stamps mean little
         medians = {name: statistics.median(times) for name, times in step_times.items()}
-        print(f"median step time: hand-written {1e3 * medians['hand-written']:.1f} ms, "
-              f"kdforge {1e3 * medians['kdforge']:.1f} ms, "
-              f"ratio (as steps/s) {medians['hand-written'] / medians['kdforge']:.3f} "
-              f"(over {len(step_times['kdforge'])} steps each)")
+        print(
+            f"median step time: hand-written {1e3 * medians['hand-written']:.1f} ms, "
+            f"kdforge {1e3 * medians['kdforge']:.1f} ms, "
+            f"ratio (as steps/s) {medians['hand-written'] / medians['kdforge']:.3f} "
+            f"(over {len(step_times['kdforge'])} steps each)"
+        )
     if args.profile:
         profile_blocks(trainer, hand, args.steps, args.profile_top)
     ratio = statistics.median(ratios)
