@@ -36,50 +36,40 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="run directory or checkpoint to continue from (uses the run's config.yaml)")
 
 
-def flag_overrides(args: argparse.Namespace) -> list[str]:
-    """The short flags of the classic case, as ``--set`` overrides of the same config."""
-    out: list[str] = []
-    for flag, key in (
-        ("data", "data.root"),
-        ("epochs", "train.epochs"),
-        ("batch_size", "data.batch_size"),
-        ("lr", "train.optimizer.lr"),
-        ("device", "device"),
-        ("name", "output.name"),
-        ("teacher_checkpoint", "teacher.checkpoint"),
-    ):
-        if getattr(args, flag, None) is not None:
-            out.append(f"{key}={getattr(args, flag)}")
-    for role in ("teacher", "student"):
-        name, source = getattr(args, role, None), getattr(args, f"{role}_source", None)
-        if name is not None and name.lower() == "none" and role == "teacher":
-            out.append("teacher=null")
-            continue
-        if name is not None:
-            out.append(f"{role}.name={name}")
-            out.append(f"{role}.source={source or ('import' if ':' in name else 'timm')}")
-        elif source is not None:
-            out.append(f"{role}.source={source}")
-    if args.alpha is not None or args.temperature is not None or (args.teacher and args.teacher.lower() != "none"):
-        alpha = 0.7 if args.alpha is None else args.alpha
-        temperature = 4.0 if args.temperature is None else args.temperature
-        out.append(f"distill.task_weight={1.0 - alpha}")
-        out.append(f"distill.terms=[{{loss: kd, weight: {alpha}, temperature: {temperature}}}]")
-    return out
+def _short_flags(args: argparse.Namespace) -> dict[str, object]:
+    names = (
+        "teacher",
+        "teacher_source",
+        "teacher_checkpoint",
+        "student",
+        "student_source",
+        "alpha",
+        "temperature",
+        "data",
+        "epochs",
+        "batch_size",
+        "lr",
+        "device",
+        "name",
+    )
+    return {name: getattr(args, name) for name in names}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from kdforge.config import load_config
-    from kdforge.pipeline import resume_config, train
+    from kdforge.config import load_config, merge_files
+    from kdforge.flags import apply_short_flags
+    from kdforge.pipeline import resume_target, train
 
-    overrides = flag_overrides(args) + args.overrides
+    flags = _short_flags(args)
     if args.resume:
-        config, run_dir, ckpt = resume_config(args.resume, overrides)
-        train(config, resume=ckpt, run_dir=run_dir)
-    else:
-        if not args.config and args.student is None:
-            raise KDForgeError("give a config (-c FILE) or at least --student NAME and --data DIR.")
-        train(load_config(args.config, overrides))
+        run_dir, ckpt = resume_target(args.resume)
+        raw = apply_short_flags(merge_files([run_dir / "config.yaml"]), flags)
+        train(load_config(base=raw, overrides=args.overrides), resume=ckpt, run_dir=run_dir)
+        return 0
+    if not args.config and args.student is None:
+        raise KDForgeError("give a config (-c FILE) or at least --student NAME and --data DIR.")
+    raw = apply_short_flags(merge_files(args.config), flags)
+    train(load_config(base=raw, overrides=args.overrides))
     return 0
 
 

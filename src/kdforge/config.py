@@ -219,12 +219,18 @@ def load_config(
     base: dict[str, Any] | None = None,
 ) -> RunConfig:
     """Merge `base`, then each YAML file in order, then ``dotted.key=value`` overrides; validate."""
-    raw: dict[str, Any] = copy.deepcopy(base or {})
-    for path in files or []:
-        raw = deep_merge(raw, read_yaml(path))
+    raw = deep_merge(copy.deepcopy(base or {}), merge_files(files or []))
     for item in overrides or []:
         apply_override(raw, item)
     return validate_config(raw)
+
+
+def merge_files(files: list[str | Path]) -> dict[str, Any]:
+    """The YAML files deep-merged in order (later files win)."""
+    raw: dict[str, Any] = {}
+    for path in files:
+        raw = deep_merge(raw, read_yaml(path))
+    return raw
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -202,16 +202,19 @@ def _summary(
     }
 
 
-def resume_config(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, Path, Path]:
-    """For ``--resume``: the run's saved config (plus overrides), its directory and its checkpoint."""
+def resume_target(path: str | Path) -> tuple[Path, Path]:
+    """For ``--resume``: the run directory and the checkpoint (``last.pt`` when given a directory)."""
     path = Path(path)
     ckpt = path / "checkpoints" / "last.pt" if path.is_dir() else path
-    run_dir = ckpt.parent.parent
     if not ckpt.is_file():
         raise ConfigError(f"nothing to resume at {str(path)!r}: {str(ckpt)!r} does not exist.")
-    config = load_config([run_dir / "config.yaml"], overrides)
-    return config, run_dir, ckpt
+    run_dir = ckpt.parent.parent
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{str(run_dir)!r} has no config.yaml; resume needs the run directory kdforge wrote.")
+    return run_dir, ckpt
 
 
-def summary_of(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "summary.json").read_text())
+def resume_config(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, Path, Path]:
+    """The run's saved config (plus overrides), its directory and its checkpoint."""
+    run_dir, ckpt = resume_target(path)
+    return load_config([run_dir / "config.yaml"], overrides), run_dir, ckpt

@@ -20,10 +20,12 @@ from torch.utils.data import DataLoader
 
 from kdforge.config import RunConfig
 from kdforge.distill.distiller import Distiller
+from kdforge.engine.buffers import BufferSnapshot
 from kdforge.engine.checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, rng_state, set_rng_state
 from kdforge.engine.ema import ModelEma
 from kdforge.engine.evaluate import autocast_context, evaluate, resolve_amp, to_device
 from kdforge.engine.logger import RunLogger
+from kdforge.engine.meter import StepMeter
 from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.errors import CheckpointError, ConfigError, NonFiniteLossError, did_you_mean
 from kdforge.models.taps import TappedModel
@@ -36,7 +38,7 @@ class TrainState:
 
     epoch: int = 0  # epochs completed
     step_in_epoch: int = 0  # batches consumed in the current epoch
-    global_step: int = 0  # optimizer steps taken
+    global_step: int = 0  # optimizer steps taken (skipped ones included)
     nonfinite_total: int = 0
     nonfinite_streak: int = 0
     best: float | None = None
@@ -46,24 +48,8 @@ class TrainState:
     stopped_early: bool = False
 
 
-class BufferSnapshot:
-    """A copy of the trainable modules' float buffers (BN statistics), taken before each forward so a
-    skipped non-finite step leaves no trace. The copy is preallocated: one in-place copy per step."""
-
-    def __init__(self, modules: Any) -> None:
-        self.live = [b for m in modules for b in m.buffers() if b.is_floating_point()]
-        self.saved = [b.detach().clone() for b in self.live]
-
-    def snapshot(self) -> None:
-        if self.live:
-            torch._foreach_copy_(self.saved, self.live)
-
-    def restore(self) -> None:
-        if self.live:
-            torch._foreach_copy_(self.live, self.saved)
-
-
 def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether `value` beats `best` by more than `min_delta` in direction `mode` (any value beats None)."""
     if best is None:
         return True
     return value > best + min_delta if mode == "max" else value < best - min_delta
@@ -99,6 +85,7 @@ class Trainer:
         self.train_loader, self.val_loader = train_loader, val_loader
         self.run_dir = run_dir
         self.logger = logger or RunLogger(None, tensorboard=False, progress=False)
+        self._check_metric_names()
         self.student_net: nn.Module = distiller.student.model  # the bare network: checkpoints, EMA, export
         self.amp = resolve_amp(self.train_cfg.amp, device)
         self.autocast = autocast_context(device, self.amp)
@@ -113,15 +100,25 @@ class Trainer:
             self.train_cfg.epochs * self.optimizer_steps_per_epoch,
             self.optimizer_steps_per_epoch,
         )
-        ema = self.train_cfg.ema
-        self.ema = ModelEma(self.student_net, ema.decay, ema.warmup) if ema else None
+        self.ema = self._new_ema()
         self.buffers = BufferSnapshot(distiller.trainable_modules().values())
+        self.meter = StepMeter()
         self.state = TrainState()
         self.last_metrics: dict[str, float] = {}
         if self.train_cfg.compile_student:
             distiller.student = torch.compile(distiller.student)
-        self._window: dict[str, Any] = {}
-        self._reset_window()
+
+    def _new_ema(self) -> ModelEma | None:
+        ema = self.train_cfg.ema
+        return ModelEma(self.student_net, ema.decay, ema.warmup) if ema else None
+
+    def _check_metric_names(self) -> None:
+        """Fail before training, not after the first epoch, on a metric name the task does not report."""
+        reported = self.task.metrics().compute()
+        for name in {self.train_cfg.checkpoint.best_metric} | (
+            {self.train_cfg.early_stopping.metric} if self.train_cfg.early_stopping else set()
+        ):
+            _metric(reported, name)
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, float]:
@@ -135,100 +132,87 @@ class Trainer:
         return self.last_metrics
 
     def _train_epoch(self) -> None:
-        state, accum = self.state, self.train_cfg.grad_accum
+        state, accum, steps = self.state, self.train_cfg.grad_accum, self.steps_per_epoch
         start = state.step_in_epoch
         self.train_loader.sampler.set_epoch(state.epoch, start=start * self.train_loader.batch_size)
         if self.train_loader.generator is not None:  # workers' seeds come from here, not the global RNG
             self.train_loader.generator.manual_seed(self.cfg.seed * 1_000_003 + state.epoch)
         self.distiller.train()
-        self.logger.start_epoch(state.epoch, self.train_cfg.epochs, self.steps_per_epoch, start)
-        batches = itertools.islice(self.train_loader, self.steps_per_epoch - start)
+        self.logger.start_epoch(state.epoch, self.train_cfg.epochs, steps, start)
         tic = time.perf_counter()
-        for batch in batches:
+        for batch in itertools.islice(self.train_loader, steps - start):
             got_batch = time.perf_counter()
-            self._window["data_s"] += got_batch - tic
+            self.meter.data_s += got_batch - tic
             index = state.step_in_epoch
-            boundary = (index + 1) % accum == 0 or index + 1 == self.steps_per_epoch
-            self._micro_step(to_device(batch, self.device), boundary)
+            window_start = index - index % accum
+            window_len = min(accum, steps - window_start)  # the epoch's last window may be shorter
+            self._micro_step(to_device(batch, self.device), index == window_start, window_len)
             state.step_in_epoch += 1
-            if boundary:
+            if index + 1 == window_start + window_len:
+                self._optimizer_step()
                 self._after_optimizer_step()
             self.logger.advance()
             tic = time.perf_counter()
-            self._window["compute_s"] += tic - got_batch
+            self.meter.compute_s += tic - got_batch
         self.logger.end_epoch()
 
-    def _micro_step(self, batch: dict[str, Any], boundary: bool) -> None:
-        self.buffers.snapshot()
+    def _micro_step(self, batch: dict[str, Any], window_start: bool, window_len: int) -> None:
+        if window_start:
+            self.buffers.snapshot()
         with self.autocast():
             out = self.distiller(batch)
-        loss = out["loss"]
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            self.buffers.restore()  # a NaN batch must not poison BN running statistics either
-            self._nonfinite(f"loss is {loss_value}")
-        else:
-            self.scaler.scale(loss / self.train_cfg.grad_accum).backward()
-            self.state.nonfinite_streak = 0
-            self._window["has_grads"] = True
-            self._accumulate(loss_value, out["parts"], len(batch["input"]))
-        if boundary:
-            self._optimizer_step()
+        self.scaler.scale(out["loss"] / window_len).backward()
+        self.meter.add(out["loss"], out["parts"], len(batch["input"]))
 
     def _optimizer_step(self) -> None:
-        if self._window.pop("has_grads", False):
-            self.scaler.unscale_(self.optimizer)
-            finite = True
-            if self.train_cfg.clip_grad_norm:
-                norm = torch.nn.utils.clip_grad_norm_(self.params, self.train_cfg.clip_grad_norm)
-                finite = bool(torch.isfinite(norm)) or self.amp == "fp16"  # fp16: the scaler skips the step
-            if finite:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                if self.ema is not None:
-                    self.ema.update(self.student_net)
-            else:
-                self._nonfinite("gradient norm is not finite")
+        """Apply the window's gradients, or skip them when the loss or the gradients are not finite.
+
+        The finiteness check is the step's one host-device sync.
+        """
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        loss_ok, grads_ok = torch.stack([self.meter.pending_loss_finite(), torch.isfinite(norm)]).tolist()
+        if loss_ok and (grads_ok or self.amp == "fp16"):  # fp16 overflow: the scaler skips and lowers its scale
+            self._apply_gradients(norm if grads_ok else None)
+        else:
+            self.buffers.restore()
+            self.meter.discard()
+            self._nonfinite("loss" if not loss_ok else "gradient norm")
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.state.global_step += 1
 
-    def _nonfinite(self, why: str) -> None:
+    def _apply_gradients(self, norm: torch.Tensor | None) -> None:
+        if self.train_cfg.clip_grad_norm and norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.train_cfg.clip_grad_norm, norm)
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.meter.commit()
+        if self.scaler.get_scale() < scale:  # the fp16 scaler skipped this step
+            return
+        self.state.nonfinite_streak = 0
+        if self.ema is not None:
+            self.ema.update(self.student_net)
+
+    def _nonfinite(self, what: str) -> None:
         self.state.nonfinite_total += 1
         self.state.nonfinite_streak += 1
         self.logger.warning(
-            f"step {self.state.global_step}: {why}; step skipped ({self.state.nonfinite_total} skipped in total)"
+            f"step {self.state.global_step}: the {what} is not finite; step skipped "
+            f"({self.state.nonfinite_total} skipped in total)"
         )
         if self.state.nonfinite_streak >= self.train_cfg.max_nonfinite_steps:
             raise NonFiniteLossError(
-                f"{self.state.nonfinite_streak} steps in a row gave non-finite losses or gradients (last: {why}). "
+                f"{self.state.nonfinite_streak} steps in a row gave a non-finite loss or gradients (last: {what}). "
                 "Lower the learning rate, enable clip_grad_norm, use amp: bf16 instead of fp16, or check the data "
-                "for NaN/Inf values. The last good checkpoint is kept."
+                "for NaN/Inf values. Checkpoints written so far hold only finite weights."
             )
 
     # ---------------------------------------------------------------- logging
-    def _reset_window(self) -> None:
-        self._window = {
-            "loss": 0.0,
-            "parts": {},
-            "count": 0,
-            "samples": 0,
-            "data_s": 0.0,
-            "compute_s": 0.0,
-            "start": time.perf_counter(),
-        }
-
-    def _accumulate(self, loss: float, parts: dict[str, torch.Tensor], samples: int) -> None:
-        window = self._window
-        window["loss"] += loss
-        window["count"] += 1
-        window["samples"] += samples
-        for name, value in parts.items():
-            window["parts"][name] = window["parts"].get(name, 0.0) + value.detach()
-
     def _after_optimizer_step(self) -> None:
-        step, every = self.state.global_step, self.cfg.log.every_steps
-        if step % every == 0 or self.state.step_in_epoch == self.steps_per_epoch:
+        step = self.state.global_step
+        if step % self.cfg.log.every_steps == 0 or self.state.step_in_epoch == self.steps_per_epoch:
             self._log_train()
         every_steps = self.train_cfg.checkpoint.every_steps
         if every_steps and step % every_steps == 0:
@@ -237,26 +221,20 @@ class Trainer:
             self.save("last.pt")
 
     def _log_train(self) -> None:
-        window = self._window
-        count = max(window["count"], 1)
-        elapsed = max(time.perf_counter() - window["start"], 1e-9)
         values: dict[str, Any] = {
             "epoch": self.state.epoch + self.state.step_in_epoch / self.steps_per_epoch,
-            "loss": window["loss"] / count,
-            **{f"loss/{k}": float(v) / count for k, v in window["parts"].items()},
+            **self.meter.means(),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "samples_per_s": window["samples"] / elapsed,
-            "data_s": window["data_s"],
-            "compute_s": window["compute_s"],
             "nonfinite_total": self.state.nonfinite_total,
         }
         self.logger.log("train", self.state.global_step, values)
-        data_share = 100 * window["data_s"] / max(window["data_s"] + window["compute_s"], 1e-9)
-        parts = " ".join(f"{k} {float(v) / count:.3f}" for k, v in window["parts"].items())
+        data_share = 100 * values["data_s"] / max(values["data_s"] + values["compute_s"], 1e-9)
+        parts = " ".join(f"{k[5:]} {v:.3f}" for k, v in values.items() if k.startswith("loss/"))
         self.logger.set_info(
-            f"loss {values['loss']:.3f} ({parts}) {values['samples_per_s']:.0f} img/s data {data_share:.0f}%"
+            f"loss {values.get('loss', math.nan):.3f} ({parts}) {values['samples_per_s']:.0f} img/s "
+            f"data {data_share:.0f}%"
         )
-        self._reset_window()
+        self.meter.reset()
 
     # ---------------------------------------------------------------- epoch end
     def eval_model(self) -> nn.Module:
@@ -266,29 +244,31 @@ class Trainer:
         return TappedModel(self.ema.module, {}, self.task.to_outputs)
 
     def evaluate(self) -> dict[str, float]:
+        """The task's metrics of `eval_model` on the validation loader."""
         return evaluate(self.eval_model(), self.val_loader, self.task, self.device, self.amp)
 
     def _end_epoch(self) -> None:
         state, cfg = self.state, self.train_cfg
         state.epoch += 1
         state.step_in_epoch = 0
-        if state.epoch % cfg.eval_every_epochs != 0 and state.epoch != cfg.epochs:
-            self.save("last.pt")
-            return
+        if state.epoch % cfg.eval_every_epochs == 0 or state.epoch == cfg.epochs:
+            self._evaluate_and_track()
+        if cfg.checkpoint.every_epochs and state.epoch % cfg.checkpoint.every_epochs == 0:
+            self.save(f"epoch_{state.epoch}.pt")
+            self._prune("epoch_")
+        self.save("last.pt")
+
+    def _evaluate_and_track(self) -> None:
+        state, ck = self.state, self.train_cfg.checkpoint
         self.last_metrics = metrics = self.evaluate()
         self.logger.log("val", state.global_step, {"epoch": state.epoch, **metrics})
         self.logger.message(
-            f"epoch {state.epoch}/{cfg.epochs}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            f"epoch {state.epoch}/{self.train_cfg.epochs}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         )
-        ck = cfg.checkpoint
         if improved(_metric(metrics, ck.best_metric), state.best, ck.best_mode):
             state.best, state.best_epoch = _metric(metrics, ck.best_metric), state.epoch
             self.save("best.pt")
         self._update_early_stopping(metrics)
-        if ck.every_epochs and state.epoch % ck.every_epochs == 0:
-            self.save(f"epoch_{state.epoch}.pt")
-            self._prune("epoch_")
-        self.save("last.pt")
 
     def _update_early_stopping(self, metrics: dict[str, float]) -> None:
         es, state = self.train_cfg.early_stopping, self.state
@@ -308,6 +288,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
+        """Everything resume needs, as state dicts and plain data (loadable with ``weights_only=True``)."""
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -320,10 +301,12 @@ class Trainer:
             "rng": rng_state(),
             "state": asdict(self.state),
             "metrics": dict(self.last_metrics),
+            "classes": list(self.task.class_names),
             "config": self.cfg.to_dict(),
         }
 
     def save(self, name: str) -> Path | None:
+        """Write ``checkpoints/<name>`` atomically (nothing without a run directory)."""
         if self.run_dir is None:
             return None
         path = self.run_dir / "checkpoints" / name
@@ -331,10 +314,9 @@ class Trainer:
         return path
 
     def _prune(self, prefix: str) -> None:
-        folder = self.run_dir / "checkpoints" if self.run_dir else None
-        if folder is None:
+        if self.run_dir is None:
             return
-        found = sorted(folder.glob(f"{prefix}*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
+        found = sorted((self.run_dir / "checkpoints").glob(f"{prefix}*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
         for old in found[: -self.train_cfg.checkpoint.keep_last]:
             old.unlink(missing_ok=True)
 
@@ -352,8 +334,11 @@ class Trainer:
             ) from exc
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        if self.ema is not None and ckpt["ema"] is not None:
-            self.ema.load_state_dict(ckpt["ema"])
+        if self.ema is not None:
+            if ckpt["ema"] is not None:
+                self.ema.load_state_dict(ckpt["ema"])
+            else:  # EMA switched on at resume: start it from the resumed weights, not the initial ones
+                self.ema = self._new_ema()
         self.state = TrainState(**ckpt["state"])
         self.last_metrics = dict(ckpt.get("metrics") or {})
         set_rng_state(ckpt["rng"])
