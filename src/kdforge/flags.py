@@ -24,7 +24,7 @@ PLAIN_FLAGS = {
 def apply_short_flags(raw: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
     """A copy of `raw` with the flags that are not None applied."""
     raw = copy.deepcopy(raw)
-    if str(flags.get("teacher")).lower() == "none":
+    if isinstance(flags.get("teacher"), str) and flags["teacher"].lower() == "none":
         raw["teacher"] = None
         raw["distill"] = {**raw.get("distill", {}), "terms": [], "task_weight": 1.0}
         flags = {**flags, "teacher": None, "teacher_checkpoint": None}
