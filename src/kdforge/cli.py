@@ -9,17 +9,14 @@ from pathlib import Path
 from kdforge.errors import KDForgeError
 
 
+def _add_set(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
+
+
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train or distil a student from YAML configs and/or short flags")
     p.add_argument("-c", "--config", action="append", default=[], help="YAML file; repeat to merge in order")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one value, e.g. --set train.epochs=5 (applied last)",
-    )
+    _add_set(p, "override one value, e.g. --set train.epochs=5 (applied last)")
     p.add_argument("--teacher", help="teacher model: timm name, or pkg.mod:factory; 'none' trains without one")
     p.add_argument("--teacher-source", choices=["timm", "torchvision", "import"])
     p.add_argument("--teacher-checkpoint", help="teacher weights (.pt/.pth/.safetensors)")
@@ -74,9 +71,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from kdforge.evaluation import evaluate_run
+    from kdforge.config import load_config
+    from kdforge.evaluation import checkpoint_path, evaluate_checkpoint, run_config
 
-    evaluate_run(Path(args.run), args.checkpoint, args.overrides)
+    overrides = ([f"data.root={args.data}"] if args.data else []) + args.overrides
+    if args.run:
+        config = run_config(Path(args.run), overrides)
+    elif args.config:
+        config = load_config(args.config, overrides)
+    else:
+        raise KDForgeError("give a run directory, or -c CONFIG with --checkpoint PATH.")
+    evaluate_checkpoint(config, checkpoint_path(Path(args.run) if args.run else None, args.checkpoint))
     return 0
 
 
@@ -118,17 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdforge", description="Knowledge distillation for PyTorch vision models.")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
-    p = sub.add_parser("eval", help="evaluate a run's checkpoint on its validation data")
-    p.add_argument("run", help="run directory")
-    p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint / weights path")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the run's config, e.g. --set data.root=other/",
-    )
+    p = sub.add_parser("eval", help="evaluate a student checkpoint on validation data")
+    p.add_argument("run", nargs="?", help="run directory (its config.yaml is used)")
+    p.add_argument("-c", "--config", action="append", default=[], help="config YAML, when not evaluating a run")
+    p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint / weights file")
+    p.add_argument("--data", help="evaluate on this dataset root instead (its val/ split)")
+    _add_set(p, "override the config, e.g. --set data.val_batch_size=256")
     p = sub.add_parser("export", help="export a run's student (safetensors, torchscript, onnx)")
     p.add_argument("run", help="run directory")
     p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint path")

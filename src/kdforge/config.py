@@ -49,11 +49,18 @@ class AugmentConfig(_Strict):
     """timm-style training augmentation for image folders."""
 
     scale: tuple[float, float] = (0.08, 1.0)
-    hflip: float = 0.5
-    color_jitter: float | None = 0.4
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    color_jitter: float | None = Field(0.4, ge=0.0)
     auto_augment: str | None = None
-    interpolation: str = "bilinear"
-    crop_pct: float = 0.875
+    interpolation: Literal["bilinear", "bicubic", "nearest", "random"] = "bilinear"
+    crop_pct: float = Field(0.875, gt=0.0, le=1.0)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < value[0] <= value[1] <= 1.0:
+            raise ValueError("scale must be (min, max) with 0 < min <= max <= 1")
+        return value
 
 
 class DataConfig(_Strict):
@@ -64,18 +71,27 @@ class DataConfig(_Strict):
     factory: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     num_classes: int | None = None
-    image_size: int = 224
-    in_chans: int = 3
+    image_size: int = Field(224, gt=0)
+    in_chans: int = Field(3, gt=0)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     batch_size: int = Field(64, gt=0)
-    val_batch_size: int | None = None
+    val_batch_size: int | None = Field(None, gt=0)
     num_workers: int = Field(2, ge=0)
     pin_memory: bool = True
     labelled_fraction: float = Field(1.0, gt=0.0, le=1.0)
     labelled_per_class: int | None = Field(None, gt=0)
     split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _normalization_fits_channels(self) -> DataConfig:
+        if len(self.mean) != len(self.std) or len(self.mean) not in (1, self.in_chans):
+            raise ValueError(
+                f"mean ({len(self.mean)} values) and std ({len(self.std)} values) need one value per input "
+                f"channel (in_chans={self.in_chans}) or a single value"
+            )
+        return self
 
 
 class TermConfig(BaseModel):
@@ -94,12 +110,14 @@ class TermConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_loss_and_params(self) -> TermConfig:
-        from kdforge.distill.losses import check_term_params  # the registry imports models, which import us
+        from kdforge.distill.losses import build_term  # the registry imports models, which import us
 
         try:
-            check_term_params(self.loss, self.params())
+            build_term(self.loss, self.params())
         except RegistryError as exc:
             raise ConfigError(str(exc)) from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"distillation loss {self.loss!r}: {exc}") from None
         return self
 
 
@@ -120,9 +138,16 @@ class OptimizerConfig(_Strict):
     name: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
-    momentum: float = 0.9
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
     betas: tuple[float, float] = (0.9, 0.999)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError("betas must both lie in [0, 1)")
+        return value
 
 
 class ScheduleConfig(_Strict):
@@ -166,14 +191,13 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     max_nonfinite_steps: int = Field(5, ge=1)
+    compile_student: bool = False
+    eval_every_epochs: int = Field(1, ge=1)
 
     @field_validator("amp", mode="before")
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
-
-    compile_student: bool = False
-    eval_every_epochs: int = Field(1, ge=1)
 
 
 class OutputConfig(_Strict):

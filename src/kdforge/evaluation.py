@@ -1,4 +1,4 @@
-"""``kdforge eval`` and ``kdforge export``: a run's student, rebuilt from its config and a checkpoint."""
+"""``kdforge eval`` and ``kdforge export``: a student rebuilt from a config and a checkpoint."""
 
 from __future__ import annotations
 
@@ -6,21 +6,19 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from kdforge.config import RunConfig, load_config
 from kdforge.engine.checkpoint import FORMAT, load_checkpoint
 from kdforge.engine.evaluate import evaluate
 from kdforge.errors import CheckpointError, ConfigError
-from kdforge.export import EXPORTERS, export_student
-from kdforge.models.build import build_model
+from kdforge.export import export_all
+from kdforge.models.build import build_model, count_parameters
 from kdforge.models.checkpoint import check_state_dict, read_state_dict
 from kdforge.models.taps import TappedModel
-from kdforge.pipeline import build_loaders, build_task
+from kdforge.pipeline import build_task
 from kdforge.report.summary import print_summary
 from kdforge.runtime import setup_process
-from kdforge.tasks.base import Task
-
-EXPORT_NAMES = {"torchscript": "student.torchscript.pt", "onnx": "student.onnx"}
 
 
 def run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
@@ -29,18 +27,28 @@ def run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
     return load_config([run_dir / "config.yaml"], overrides)
 
 
-def student_weights(run_dir: Path, checkpoint: str) -> dict[str, torch.Tensor]:
-    """``best``/``last`` or a path: the student's weights (the EMA's when the checkpoint has one)."""
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
+def checkpoint_path(run_dir: Path | None, checkpoint: str) -> Path:
+    """``best``/``last`` name a run's checkpoints; anything else is a file path."""
+    if checkpoint in ("best", "last"):
+        if run_dir is None:
+            raise ConfigError(f"--checkpoint {checkpoint} needs a run directory; give a file path instead.")
+        return run_dir / "checkpoints" / f"{checkpoint}.pt"
+    return Path(checkpoint)
+
+
+def student_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """The student's weights in `path` (the EMA's when a kdforge checkpoint has one) and its class names."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; use best, last or a file path.")
-    if path.suffix == ".pt" and _is_kdforge(path):
+    if _is_kdforge(path):
         ckpt = load_checkpoint(path)
-        return ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["student"]
-    return read_state_dict(path)
+        return (ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["student"]), ckpt.get("classes")
+    return read_state_dict(path), None
 
 
 def _is_kdforge(path: Path) -> bool:
+    if path.suffix != ".pt":
+        return False
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not ours; read_state_dict gives the precise error
@@ -48,50 +56,49 @@ def _is_kdforge(path: Path) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
-def load_student(config: RunConfig, task: Task, run_dir: Path, checkpoint: str) -> nn.Module:
-    net = build_model(config.student.model_copy(update={"checkpoint": None}), task.num_classes, "student")
-    state = student_weights(run_dir, checkpoint)
-    check_state_dict(net, state, f"checkpoint {checkpoint!r}")
+def load_student(config: RunConfig, num_classes: int | None, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    net = build_model(config.student.model_copy(update={"checkpoint": None}), num_classes, "student")
+    check_state_dict(net, state, what)
     net.load_state_dict(state)
     return net.eval()
 
 
-def evaluate_run(run_dir: Path, checkpoint: str = "best", overrides: list[str] | None = None) -> dict[str, float]:
-    config = run_config(run_dir, overrides)
+def evaluate_checkpoint(config: RunConfig, path: Path) -> dict[str, float]:
+    """Metrics of the student in `path` on the validation split of `config`'s data (no train split needed)."""
     device = setup_process(config)
     task = build_task(config)
-    train_set, val_set = task.datasets()
-    _, val_loader = build_loaders(config, train_set, val_set, device)
-    net = load_student(config, task, run_dir, checkpoint).to(device)
-    metrics = evaluate(TappedModel(net, {}, task.to_outputs), val_loader, task, device)
+    val_set = task.eval_dataset()
+    state, _ = student_weights(path)
+    net = load_student(config, task.num_classes, state, f"checkpoint {str(path)!r}").to(device)
+    loader = DataLoader(
+        val_set, batch_size=config.data.val_batch_size or config.data.batch_size, num_workers=config.data.num_workers
+    )
+    metrics = evaluate(TappedModel(net, {}, task.to_outputs), loader, task, device)
     print_summary(
         {
             "task": config.task,
-            "student": {
-                "name": config.student.name,
-                "metrics": metrics,
-                "params": sum(p.numel() for p in net.parameters()),
-            },
+            "student": {"name": config.student.name, "metrics": metrics, "params": count_parameters(net)},
         }
     )
     return metrics
 
 
-def export_run(
-    run_dir: Path, checkpoint: str = "best", formats: list[str] | None = None, out: Path | None = None
-) -> list[Path]:
-    """Write the student in each format into `out` (default: the run directory); returns the paths."""
+def export_run(run_dir: Path, checkpoint: str, formats: list[str], out: Path | None = None) -> list[Path]:
+    """Write the run's student in each format into `out` (default: the run directory).
+
+    The class count comes from the checkpoint, so the training data need not be present any more.
+    """
     config = run_config(run_dir)
     setup_process(config.model_copy(update={"device": "cpu"}))
-    task = build_task(config)
-    task.datasets()  # class count and names
-    net = load_student(config, task, run_dir, checkpoint)
-    out = out or run_dir
-    example = torch.zeros(1, config.data.in_chans, config.data.image_size, config.data.image_size)
-    paths = []
-    for fmt in formats or ["safetensors"]:
-        if fmt == "safetensors":
-            paths.append(export_student(net, out / "student.safetensors"))
-        else:
-            paths.append(EXPORTERS[fmt](net, example, out / EXPORT_NAMES[fmt]))
-    return paths
+    path = checkpoint_path(run_dir, checkpoint)
+    state, classes = student_weights(path)
+    if classes is None:
+        task = build_task(config)
+        task.eval_dataset()
+        classes = task.class_names
+    net = load_student(config, config.data.num_classes or len(classes), state, f"checkpoint {str(path)!r}")
+    size = config.data.image_size
+    written, failed = export_all(net, torch.zeros(1, config.data.in_chans, size, size), out or run_dir, formats)
+    for reason in failed:
+        print(f"kdforge: warning: not exported: {reason}")
+    return written

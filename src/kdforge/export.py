@@ -2,44 +2,37 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from kdforge.atomic import atomic_write
 from kdforge.errors import KDForgeError
+from kdforge.registry import Registry
+
+Exporter = Callable[[nn.Module, torch.Tensor, Path], Path]
+EXPORTERS: Registry[Exporter] = Registry("export format")
+FILE_NAMES = {"safetensors": "student.safetensors", "torchscript": "student.torchscript.pt", "onnx": "student.onnx"}
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def export_student(net: nn.Module, path: Path) -> Path:
-    """The student's weights as safetensors (shared tensors handled), written atomically."""
+@EXPORTERS.register("safetensors")
+def export_student(net: nn.Module, _example: torch.Tensor | None, path: Path) -> Path:
+    """The student's weights as safetensors (shared tensors handled)."""
     from safetensors.torch import save_model
 
-    return _atomic(path, lambda tmp: save_model(net, tmp, metadata={"format": "pt", "producer": "kdforge"}))
+    return atomic_write(path, lambda tmp: save_model(net, tmp, metadata={"format": "pt", "producer": "kdforge"}))
 
 
+@EXPORTERS.register("torchscript")
 def export_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    net = net.eval()
     with torch.no_grad():
-        traced = torch.jit.trace(net, example, check_trace=False)
-    return _atomic(path, lambda tmp: traced.save(tmp))
+        traced = torch.jit.trace(net.eval(), example, check_trace=False)
+    return atomic_write(path, lambda tmp: traced.save(tmp))
 
 
+@EXPORTERS.register("onnx")
 def export_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> Path:
     try:
         import onnx  # noqa: F401
@@ -51,10 +44,15 @@ def export_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> Path:
     def write(tmp: str) -> None:
         torch.onnx.export(net, (example,), tmp, input_names=["input"], output_names=["output"], dynamo=True)
 
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
-EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path], Path]] = {
-    "torchscript": export_torchscript,
-    "onnx": export_onnx,
-}
+def export_all(net: nn.Module, example: torch.Tensor, out: Path, formats: list[str]) -> tuple[list[Path], list[str]]:
+    """Try every format; returns the written paths and, for formats the model does not export to, why."""
+    written, failed = [], []
+    for fmt in formats:
+        try:
+            written.append(EXPORTERS.get(fmt)(net, example, out / FILE_NAMES[fmt]))
+        except Exception as exc:  # noqa: BLE001 - tracing/export errors vary by model; report and go on
+            failed.append(f"{fmt}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    return written, failed

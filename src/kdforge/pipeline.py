@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +123,7 @@ def train(
     if write and run_dir is None:
         run_dir = new_run_dir(config)
     if run_dir is not None:
-        write_run_files(run_dir, config)
+        write_run_files(run_dir, config, resumed=resume is not None)
     logger = RunLogger(run_dir, config.log.tensorboard, config.log.progress, config.log.verbose)
     trainer = Trainer(config, distiller, task, train_loader, val_loader, device, run_dir, logger)
     if resume is not None:
@@ -135,7 +134,7 @@ def train(
         best = _best_metrics(trainer, run_dir)
         summary = _summary(config, distiller, trainer, metrics, best, teacher_metrics)
         if run_dir is not None:
-            export_student(_exported_network(trainer, run_dir), run_dir / "student.safetensors")
+            export_student(_exported_network(trainer, run_dir), None, run_dir / "student.safetensors")
             write_summary(summary, run_dir / "summary.json")
             logger.log("summary", trainer.state.global_step, {"best_epoch": trainer.state.best_epoch or 0})
         if config.log.verbose:

@@ -21,8 +21,9 @@ from kdforge.errors import ConfigError
 
 
 def default_threads() -> int:
-    """Half the cores (at least 1): on a busy machine OpenMP's default of every core often runs slower."""
-    return max(1, (os.cpu_count() or 2) // 2)
+    """Half the usable cores (at least 1): on a busy machine OpenMP's default of every core often runs slower."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, usable // 2)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,10 +74,11 @@ def git_commit(cwd: Path | None = None) -> dict[str, object]:
     return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
-def write_run_files(run_dir: Path, config: RunConfig) -> None:
-    """The resolved config and what produced the run (git commit, versions, command line)."""
+def write_run_files(run_dir: Path, config: RunConfig, resumed: bool = False) -> None:
+    """The resolved config and what produced the run (git commit, versions, command line); a resume is
+    appended to ``meta.json``'s ``resumes`` so the original record is kept."""
     save_config(config, run_dir / "config.yaml")
-    meta = {
+    this = {
         "git": git_commit(),
         "kdforge": __version__,
         "torch": torch.__version__,
@@ -84,4 +86,10 @@ def write_run_files(run_dir: Path, config: RunConfig) -> None:
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    meta_path = run_dir / "meta.json"
+    if resumed and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        meta.setdefault("resumes", []).append(this)
+    else:
+        meta = this
+    meta_path.write_text(json.dumps(meta, indent=2))

@@ -54,7 +54,13 @@ def _imported(cfg: DataConfig, split: str) -> Dataset:
     if not cfg.factory:
         raise DataError("data.factory ('package.module:function') is required for dataset 'import'.")
     factory = import_object(cfg.factory, "dataset factory")
-    dataset = factory(split=split, **cfg.kwargs)
+    try:
+        dataset = factory(split=split, **cfg.kwargs)
+    except TypeError as exc:
+        raise DataError(
+            f"dataset factory {cfg.factory!r} failed when called as factory(split={split!r}, **data.kwargs) "
+            f"with kwargs {cfg.kwargs}: {exc}. Wrap your dataset in a function taking split= and those kwargs."
+        ) from exc
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise DataError(f"dataset factory {cfg.factory!r} returned {type(dataset).__name__}, not a map-style Dataset.")
     return dataset
@@ -78,6 +84,11 @@ class BatchDict(Dataset):
             item = {"input": sample[0], "target": sample[1]}
         else:
             raise DataError(f"dataset samples must be (input, target) or a dict, got {type(sample).__name__}.")
+        if not isinstance(item.get("input"), torch.Tensor):
+            raise DataError(
+                f"dataset sample {index} has input of type {type(item.get('input')).__name__}, not a tensor: "
+                "give the dataset a transform that ends in a tensor (e.g. torchvision ToTensor + Normalize)."
+            )
         if index in self.hidden:
             item["target"] = UNLABELLED
         item["index"] = index
@@ -88,8 +99,12 @@ def dataset_targets(dataset: Dataset) -> list[int]:
     """Every sample's label, read from ``targets`` when the dataset has it (no image decoding)."""
     targets = getattr(dataset, "targets", None)
     if targets is None:
-        targets = [dataset[i][1] for i in range(len(dataset))]
+        targets = [_target(dataset[i]) for i in range(len(dataset))]
     return [int(t) for t in targets]
+
+
+def _target(sample: Any) -> Any:
+    return sample["target"] if isinstance(sample, dict) else sample[1]
 
 
 def labelled_subset(targets: Sequence[int], fraction: float, per_class: int | None, seed: int) -> set[int]:

@@ -1,20 +1,19 @@
 """Training checkpoints: state dicts and plain data only, written atomically.
 
-A checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed over the
-target, so a crash never leaves a broken ``last.pt`` and never replaces a good checkpoint with a partial one.
+Checkpoints are written atomically (`kdforge.atomic`), so a crash never leaves a broken ``last.pt`` and
+never replaces a good checkpoint with a partial one.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from kdforge.atomic import atomic_write
 from kdforge.errors import CheckpointError
 
 FORMAT = "kdforge-checkpoint"
@@ -22,18 +21,8 @@ VERSION = 1
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary sibling, fsync, then ``os.replace`` onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through `atomic_write`: a crash never leaves a broken checkpoint."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from torch import nn
 
 
 class ModelEma:
-    """``ema = d * ema + (1 - d) * w`` after each optimizer step; buffers (BN statistics) are copied.
+    """``ema = d * ema + (1 - d) * w`` after each optimizer step, for weights and float buffers (BN
+    statistics); integer buffers (BN's batch counter) are copied.
 
     With ``warmup`` the decay ramps as ``d * (1 - exp(-updates / 2000))`` (as in Ultralytics), so an
     early EMA is not dominated by the random initialisation.

@@ -43,8 +43,10 @@ def _read_file(path: Path, trust: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        if trust:
-            raise CheckpointError(f"checkpoint {str(path)!r} cannot be unpickled: {exc}") from exc
+        if trust or not _needs_code(exc):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is unreadable (corrupt or not a torch file): {exc}"
+            ) from exc
         raise UntrustedCheckpointError(
             f"checkpoint {str(path)!r} contains pickled Python objects (e.g. a whole model or custom "
             "classes), which can run code when loaded. Re-save it as a state dict "
@@ -53,6 +55,12 @@ def _read_file(path: Path, trust: bool) -> Any:
         ) from None
     except Exception as exc:  # noqa: BLE001 - truncated zips, text files, old formats: all unusable
         raise CheckpointError(f"checkpoint {str(path)!r} is unreadable (truncated or not a torch file): {exc}") from exc
+
+
+def _needs_code(exc: pickle.UnpicklingError) -> bool:
+    """Whether torch refused the file for holding Python objects (as opposed to it being corrupt)."""
+    text = str(exc)
+    return "Weights only load failed" in text and ("Unsupported global" in text or "GLOBAL" in text)
 
 
 def _unnest(obj: Any, key: str | None, path: Path) -> dict[str, torch.Tensor]:

@@ -40,6 +40,10 @@ class Task:
         """(train, val) datasets yielding dicts with at least ``input``."""
         raise NotImplementedError
 
+    def eval_dataset(self) -> Dataset:
+        """The validation split alone (for ``kdforge eval``: no training data needed)."""
+        raise NotImplementedError
+
     def to_outputs(self, raw: Any) -> Outputs:
         raise NotImplementedError
 

@@ -45,6 +45,12 @@ class ClassificationTask(Task):
         self.num_classes = cfg.num_classes or len(names)
         return train, val
 
+    def eval_dataset(self) -> Dataset:
+        val, val_raw = build_dataset(self.config.data, "val")
+        self.class_names = class_names(val_raw, self.config.data.num_classes)
+        self.num_classes = self.config.data.num_classes or len(self.class_names)
+        return val
+
     def to_outputs(self, raw: Any) -> Outputs:
         if isinstance(raw, dict):
             return raw
