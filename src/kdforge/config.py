@@ -114,6 +114,8 @@ class TermConfig(BaseModel):
 
         try:
             build_term(self.loss, self.params())
+        except ConfigError:
+            raise
         except RegistryError as exc:
             raise ConfigError(str(exc)) from None
         except (TypeError, ValueError) as exc:
@@ -135,12 +137,24 @@ class DistillConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["sgd", "adamw"] = "adamw"
+    name: str = "adamw"  # a name in kdforge.engine.optim.OPTIMIZERS
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
     betas: tuple[float, float] = (0.9, 0.999)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from kdforge.engine.optim import OPTIMIZERS  # the engine imports this module
+
+        if value not in OPTIMIZERS:
+            raise ConfigError(
+                f"unknown optimizer {value!r}.{did_you_mean(value, OPTIMIZERS)} Available: "
+                f"{', '.join(OPTIMIZERS.names())}."
+            )
+        return value
 
     @field_validator("betas")
     @classmethod
@@ -341,7 +355,7 @@ def _describe_one(err: dict[str, Any], raw: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return f"key {path!r} is required but missing."
     if err["type"] == "value_error" and isinstance(err.get("ctx", {}).get("error"), ConfigError):
-        return f"{path}: {err['ctx']['error']}"
+        return f"key {path!r}: {err['ctx']['error']}"
     return f"key {path!r} has invalid value {_value_at(raw, loc)!r}: {err['msg']}."
 
 

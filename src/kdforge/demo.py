@@ -8,6 +8,7 @@ set). The teacher itself learns from all labels.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ def demo_configs(out: Path, seed: int, teacher_checkpoint: Path | None) -> dict[
 def run_demo(out: Path, seeds: int = 1, console: Console | None = None) -> dict[str, Any]:
     """Train the teacher once, then both students for each seed; print and return the table's numbers."""
     console = console or Console()
+    _clear_previous_runs(out)
     console.print(
         f"[bold]kdforge demo[/]: digits (1,797 real 8x8 scans), {LABELS_PER_CLASS} labels per class "
         "for the students, teacher soft targets on all training images"
@@ -102,6 +104,13 @@ def run_demo(out: Path, seeds: int = 1, console: Console | None = None) -> dict[
     result = _table_numbers(teacher_cfg, teacher, alone, kd)
     _print_table(result, console)
     return result
+
+
+def _clear_previous_runs(out: Path) -> None:
+    """Remove the demo's own earlier runs (folders with a kdforge config.yaml) so logs never mix."""
+    for run in out.glob("*/config.yaml") if out.is_dir() else []:
+        if run.parent.name == "teacher" or run.parent.name.startswith("student-"):
+            shutil.rmtree(run.parent)
 
 
 def _acc(results: list[RunResult]) -> list[float]:

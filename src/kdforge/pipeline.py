@@ -12,10 +12,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdforge.config import RunConfig, load_config
 from kdforge.data.sampler import ResumableSampler
-from kdforge.distill.distiller import Distiller, InputAdapter, WeightedTerm, unique_names
+from kdforge.distill.adapters import InputAdapter
+from kdforge.distill.distiller import Distiller, WeightedTerm, unique_names
 from kdforge.distill.losses import build_term
 from kdforge.engine.checkpoint import load_checkpoint
-from kdforge.engine.evaluate import evaluate, to_device
+from kdforge.engine.evaluate import evaluate, resolve_amp, to_device
 from kdforge.engine.logger import RunLogger
 from kdforge.engine.trainer import Trainer
 from kdforge.errors import ConfigError
@@ -129,14 +130,13 @@ def train(
     if resume is not None:
         trainer.resume(resume)
     try:
-        teacher_metrics = _evaluate_teacher(distiller, val_loader, task, device, trainer.amp)
+        teacher_metrics = _evaluate_teacher(config, distiller, val_loader, task, device, logger)
         metrics = trainer.fit()
         best = _best_metrics(trainer, run_dir)
         summary = _summary(config, distiller, trainer, metrics, best, teacher_metrics)
         if run_dir is not None:
             export_student(_exported_network(trainer, run_dir), None, run_dir / "student.safetensors")
             write_summary(summary, run_dir / "summary.json")
-            logger.log("summary", trainer.state.global_step, {"best_epoch": trainer.state.best_epoch or 0})
         if config.log.verbose:
             print_summary(summary)
     finally:
@@ -145,12 +145,21 @@ def train(
 
 
 def _evaluate_teacher(
-    distiller: Distiller, loader: DataLoader, task: Task, device: torch.device, amp: str
+    config: RunConfig, distiller: Distiller, loader: DataLoader, task: Task, device: torch.device, logger: RunLogger
 ) -> dict[str, float]:
+    """The teacher's metrics before training starts, so a bad teacher shows before hours are spent on it."""
     if distiller.teacher is None:
         return {}
+    if not config.teacher.checkpoint:
+        logger.warning(
+            "the teacher has no checkpoint, so it has random weights (kdforge never downloads pretrained "
+            "weights): set teacher.checkpoint (--teacher-checkpoint) to distil a trained teacher."
+        )
     model = nn.Sequential(distiller.teacher_input, distiller.teacher)
-    return evaluate(model, loader, task, device, amp)
+    metrics = evaluate(model, loader, task, device, resolve_amp(config.train.amp, device))
+    logger.log("teacher", 0, metrics)
+    logger.message("teacher: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return metrics
 
 
 def _best_metrics(trainer: Trainer, run_dir: Path | None) -> dict[str, float]:

@@ -290,9 +290,9 @@ def test_term_extra_params_are_passed_through() -> None:
 @pytest.mark.parametrize(
     ("term", "expected"),
     [
-        ({"loss": "kdd"}, r"distill\.terms\.1: unknown distillation loss 'kdd'.*Did you mean 'kd'"),
-        ({"loss": "kd", "temprature": 2}, r"distill\.terms\.1: .*no parameter 'temprature'.*'temperature'"),
-        ({"loss": "fitnet", "student": "s"}, r"distill\.terms\.1: .*'fitnet' needs teacher"),
+        ({"loss": "kdd"}, r"distill\.terms\.1': unknown distillation loss 'kdd'.*Did you mean 'kd'"),
+        ({"loss": "kd", "temprature": 2}, r"distill\.terms\.1': .*no parameter 'temprature'.*'temperature'"),
+        ({"loss": "fitnet", "student": "s"}, r"distill\.terms\.1': .*'fitnet' needs teacher"),
     ],
 )
 def test_terms_are_checked_at_config_time(term: dict, expected: str) -> None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdforge.distill.distiller import Distiller, InputAdapter, WeightedTerm, unique_names
+from kdforge.distill.adapters import InputAdapter
+from kdforge.distill.distiller import Distiller, WeightedTerm, unique_names
 from kdforge.distill.losses import build_term
 from kdforge.distill.losses.logit import kd_divergence
 from kdforge.models.taps import TappedModel

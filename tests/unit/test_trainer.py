@@ -79,7 +79,8 @@ def test_nan_batch_is_skipped_and_counted(make_config):
     weights = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["student"]
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert records[-2]["kind"] == "val" and records[-2]["val/acc1"] > 30.0  # it still learned
+    last_val = [r for r in records if r["kind"] == "val"][-1]
+    assert last_val["val/acc1"] > 30.0  # it still learned
 
 
 def test_nan_every_step_stops_with_a_clear_error(make_config):

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdforge.distill.losses.base import DistillTerm, Outputs
@@ -27,40 +26,6 @@ class WeightedTerm:
     name: str
     weight: float
     term: DistillTerm
-
-
-class InputAdapter(nn.Module):
-    """Turns the student's input into the teacher's: undo/redo normalization and resize.
-
-    Used when a teacher was trained at another resolution or with other mean/std than the student.
-    """
-
-    def __init__(
-        self,
-        data_mean: Sequence[float],
-        data_std: Sequence[float],
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        size: int | tuple[int, int] | None = None,
-    ) -> None:
-        super().__init__()
-        mean, std = mean or data_mean, std or data_std
-        # x_t = (x * s_d + m_d - m_t) / s_t = x * scale + shift, per channel
-        scale = torch.tensor(data_std) / torch.tensor(std)
-        shift = (torch.tensor(data_mean) - torch.tensor(mean)) / torch.tensor(std)
-        self.register_buffer("scale", scale.view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("shift", shift.view(1, -1, 1, 1), persistent=False)
-        self.size = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
-        self.renormalize = not (
-            torch.allclose(scale, torch.ones_like(scale)) and torch.allclose(shift, torch.zeros_like(shift))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.renormalize:
-            x = x * self.scale + self.shift
-        if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
-        return x
 
 
 class Distiller(nn.Module):

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from kdforge.config import OptimizerConfig, ScheduleConfig
+from kdforge.registry import Registry
+
+OptimizerFactory = Callable[[list[dict[str, Any]], OptimizerConfig], torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
 def build_optimizer(modules: Iterable[nn.Module], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov) or AdamW; biases and norm weights (1-D) get no weight decay, as in timm."""
+    """The named optimizer; biases and norm weights (1-D) get no weight decay, as in timm."""
     decay, no_decay = [], []
     for module in modules:
         for param in module.parameters():
@@ -22,9 +37,7 @@ def build_optimizer(modules: Iterable[nn.Module], cfg: OptimizerConfig) -> torch
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    return OPTIMIZERS.get(cfg.name)(groups, cfg)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: ScheduleConfig) -> float:
