@@ -19,3 +19,22 @@ def digits_with_nan(split: str, bad: int = 1) -> DigitsDataset:
 def mlp(num_classes: int = 10, in_chans: int = 1, hidden: int = 32) -> nn.Module:
     """A model without batch statistics, so per-sample losses add up exactly across micro-batches."""
     return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * 64, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+def mlp_with_infinite_grads(num_classes: int = 10, in_chans: int = 1, hidden: int = 32, every: int = 1) -> nn.Module:
+    """The `mlp` whose first weight gets an infinite gradient on every `every`-th backward pass (the loss
+    stays finite): for the gradient-guard tests."""
+    model = mlp(num_classes, in_chans, hidden)
+    calls = [0]
+
+    def poison(grad: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return grad * float("inf") if calls[0] % every == 0 else grad
+
+    model[1].weight.register_hook(poison)
+    return model
+
+
+def dataset_without_split(size: int = 4) -> list[tuple[torch.Tensor, int]]:
+    """A dataset factory that breaks the contract: it takes no ``split`` argument."""
+    return [(torch.zeros(1, 8, 8), 0)] * size

@@ -79,7 +79,7 @@ class BatchDict(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.dataset[index]
         if isinstance(sample, dict):
-            item = dict(sample)
+            item = {"target": UNLABELLED, **sample}
         elif isinstance(sample, (tuple, list)) and len(sample) >= 2:
             item = {"input": sample[0], "target": sample[1]}
         else:

@@ -24,12 +24,10 @@ class ModelEma:
             sub._forward_hooks.clear()
         self.decay, self.warmup = decay, warmup
         self.updates = 0
-        self._pairs = self._float_pairs(model)
-
-    def _float_pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        ema_state, live_state = self.module.state_dict(), model.state_dict(keep_vars=True)
-        keys = [k for k, v in ema_state.items() if v.is_floating_point()]
-        return [ema_state[k] for k in keys], [live_state[k] for k in keys]
+        ema_state = self.module.state_dict()
+        self._float_keys = [k for k, v in ema_state.items() if v.is_floating_point()]
+        self._int_keys = [k for k, v in ema_state.items() if not v.is_floating_point()]
+        self._float_ema = [ema_state[k] for k in self._float_keys]
 
     def current_decay(self) -> float:
         return self.decay * (1 - math.exp(-self.updates / 2000)) if self.warmup else self.decay
@@ -37,11 +35,11 @@ class ModelEma:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
-        ema_tensors, live = self._pairs
-        torch._foreach_lerp_(ema_tensors, [t.detach() for t in live], 1.0 - self.current_decay())
-        for ema_buf, buf in zip(self.module.buffers(), model.buffers(), strict=True):
-            if not ema_buf.is_floating_point():
-                ema_buf.copy_(buf)
+        live = model.state_dict()
+        torch._foreach_lerp_(self._float_ema, [live[k] for k in self._float_keys], 1.0 - self.current_decay())
+        ema_state = self.module.state_dict()
+        for key in self._int_keys:
+            ema_state[key].copy_(live[key])
 
     def state_dict(self) -> dict[str, Any]:
         return {"module": self.module.state_dict(), "updates": self.updates}

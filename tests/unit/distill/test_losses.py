@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from kdforge.distill.adapters import FeatureAdapter
 from kdforge.distill.losses import TERMS, DistillTerm, build_term
 from kdforge.distill.losses.feature import FitNet
 from kdforge.distill.losses.logit import HintonKD, kd_divergence
@@ -173,11 +172,6 @@ def test_fitnet_value_is_mse_after_projection() -> None:
     projected = torch.einsum("ts,bshw->bthw", weight, s)
     expected = ((nn.functional.avg_pool2d(projected, 2) - t) ** 2).mean()
     torch.testing.assert_close(term({"feat:s": s}, {"feat:t": t}, {}), expected)
-
-
-def test_adapter_refuses_different_ranks() -> None:
-    with pytest.raises(ValueError, match="differ in rank"):
-        FeatureAdapter(torch.Size([2, 4, 6, 6]), torch.Size([2, 8]))
 
 
 def test_fitnet_before_setup_says_so() -> None:

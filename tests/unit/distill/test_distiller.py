@@ -227,45 +227,7 @@ def test_all_unlabelled_batch_has_zero_task_loss_and_finite_total() -> None:
     assert distiller.student.model.head.weight.grad.abs().sum() > 0  # kd still trains the student
 
 
-# --- input adapter --------------------------------------------------------------------------------
-
-
-def test_input_adapter_renormalizes_per_channel() -> None:
-    data_mean, data_std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    adapter = InputAdapter(data_mean, data_std, mean, std)
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 5, 5)
-    out = adapter(x)
-    assert out.shape == x.shape
-    for c in range(3):
-        expected = (x[:, c] * data_std[c] + data_mean[c] - mean[c]) / std[c]
-        torch.testing.assert_close(out[:, c], expected)
-
-
-def test_input_adapter_resizes_to_the_teacher_size() -> None:
-    adapter = InputAdapter((0.0,), (1.0,), mean=(0.5,), std=(0.5,), size=6)
-    x = torch.full((2, 1, 3, 3), 0.75)
-    out = adapter(x)
-    assert out.shape == (2, 1, 6, 6)
-    # (0.75 - 0.5) / 0.5 everywhere: a constant image stays constant under resize.
-    torch.testing.assert_close(out, torch.full((2, 1, 6, 6), 0.5))
-    torch.manual_seed(0)
-    image = torch.rand(1, 3, 8, 8)
-    down = InputAdapter((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), size=(4, 2))(image)
-    assert down.shape == (1, 3, 4, 2)
-    reference = F.interpolate(image, size=(4, 2), mode="bilinear", align_corners=False, antialias=True)
-    torch.testing.assert_close(down, reference)
-    assert torch.equal(InputAdapter((0.0,), (1.0,), size=8)(image), image)  # already at the teacher size
-
-
-def test_input_adapter_defaults_to_identity() -> None:
-    adapter = InputAdapter((0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
-    assert not adapter.renormalize
-    x = torch.randn(1, 3, 4, 4)
-    assert torch.equal(adapter(x), x)
-    same = InputAdapter((0.5,), (0.2,), mean=(0.5,), std=(0.2,), size=(4, 4))
-    assert torch.equal(same(torch.ones(1, 1, 4, 4)), torch.ones(1, 1, 4, 4))
+# --- the teacher's input adapter ------------------------------------------------------------------
 
 
 def test_distiller_feeds_the_teacher_through_its_input_adapter() -> None:

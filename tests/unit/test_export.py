@@ -1,0 +1,56 @@
+"""export_all: every asked format is tried; a failing one is reported and the others are still written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdforge.export import export_all
+from kdforge.models.zoo import SimpleCNN, cnn
+
+
+def _net() -> SimpleCNN:
+    torch.manual_seed(0)
+    net = cnn(num_classes=4, in_chans=1, widths=(4, 8))
+    net.train()(torch.randn(8, 1, 8, 8))  # non-trivial BN statistics
+    return net.eval()
+
+
+def test_safetensors_and_torchscript_are_written_and_match_the_model(tmp_path: Path) -> None:
+    net = _net()
+    written, failed = export_all(net, torch.zeros(1, 1, 8, 8), tmp_path, ["safetensors", "torchscript"])
+    assert failed == []
+    assert written == [tmp_path / "student.safetensors", tmp_path / "student.torchscript.pt"]
+
+    weights = load_file(str(tmp_path / "student.safetensors"))
+    assert weights.keys() == net.state_dict().keys()
+    assert all(torch.equal(weights[k], v) for k, v in net.state_dict().items())
+
+    scripted = torch.jit.load(str(tmp_path / "student.torchscript.pt"))
+    x = torch.randn(3, 1, 8, 8)  # another batch size than the example
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=0, atol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student.safetensors", "student.torchscript.pt"]
+
+
+def test_a_failing_format_is_reported_and_the_others_are_written(tmp_path: Path, monkeypatch) -> None:
+    def no_trace(*_args, **_kwargs):
+        raise RuntimeError("cannot trace this model\nsecond line")
+
+    monkeypatch.setattr(torch.jit, "trace", no_trace)
+    written, failed = export_all(_net(), torch.zeros(1, 1, 8, 8), tmp_path, ["torchscript", "safetensors", "tflite"])
+    assert written == [tmp_path / "student.safetensors"]
+    assert failed[0] == "torchscript: RuntimeError: cannot trace this model"
+    assert failed[1].startswith("tflite: RegistryError: unknown export format 'tflite'")
+    assert (tmp_path / "student.safetensors").is_file()
+    assert not (tmp_path / "student.torchscript.pt").exists()
+
+
+@pytest.mark.parametrize("formats", [[], ["safetensors"]])
+def test_only_the_asked_formats_are_written(tmp_path: Path, formats: list[str]) -> None:
+    written, failed = export_all(_net(), torch.zeros(1, 1, 8, 8), tmp_path, formats)
+    assert [p.name for p in written] == [f"student.{f}" for f in formats] and failed == []
+    assert len(list(tmp_path.iterdir())) == len(formats)
