@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         nargs="+",
-        default=["safetensors", "torchscript"],
+        default=["safetensors", "onnx"],
         choices=["safetensors", "torchscript", "onnx"],
     )
     p.add_argument("--out", help="output folder (default: the run directory)")

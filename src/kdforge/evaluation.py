@@ -98,7 +98,8 @@ def export_run(run_dir: Path, checkpoint: str, formats: list[str], out: Path | N
         classes = task.class_names
     net = load_student(config, config.data.num_classes or len(classes), state, f"checkpoint {str(path)!r}")
     size = config.data.image_size
-    written, failed = export_all(net, torch.zeros(1, config.data.in_chans, size, size), out or run_dir, formats)
+    example = torch.randn(2, config.data.in_chans, size, size)  # batch 2: batch 1 would be specialised away
+    written, failed = export_all(net, example, out or run_dir, formats)
     for reason in failed:
         print(f"kdforge: warning: not exported: {reason}")
     return written

@@ -34,6 +34,7 @@ def export_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> Pat
 
 @EXPORTERS.register("onnx")
 def export_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """ONNX with a dynamic batch axis, checked against PyTorch with onnxruntime when it is installed."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -42,9 +43,33 @@ def export_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> Path:
     net = net.eval()
 
     def write(tmp: str) -> None:
-        torch.onnx.export(net, (example,), tmp, input_names=["input"], output_names=["output"], dynamo=True)
+        torch.onnx.export(
+            net,
+            (example,),
+            tmp,
+            input_names=["input"],
+            output_names=["output"],
+            dynamo=True,
+            verbose=False,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
+        _check_onnx(net, example, tmp)
 
     return atomic_write(path, write)
+
+
+def _check_onnx(net: nn.Module, example: torch.Tensor, onnx_path: str) -> None:
+    """Refuse an export whose outputs differ from PyTorch's (skipped without onnxruntime)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"input": example.numpy()})[0])
+    with torch.no_grad():
+        want = net(example)
+    if not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
+        raise KDForgeError(f"the ONNX export differs from PyTorch by up to {(got - want).abs().max():.3g}.")
 
 
 def export_all(net: nn.Module, example: torch.Tensor, out: Path, formats: list[str]) -> tuple[list[Path], list[str]]:

@@ -76,7 +76,7 @@ def trained_run(tmp_path: Path) -> Path:
 def test_export_works_after_the_dataset_was_deleted(trained_run: Path, tmp_path: Path, capsys) -> None:
     shutil.rmtree(tmp_path / "data")
     out = tmp_path / "exported"
-    assert main(["export", str(trained_run), "--out", str(out)]) == 0
+    assert main(["export", str(trained_run), "--out", str(out), "--format", "safetensors", "torchscript"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["student.safetensors", "student.torchscript.pt"]
 
     ckpt = load_checkpoint(trained_run / "checkpoints" / "best.pt")

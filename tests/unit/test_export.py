@@ -54,3 +54,15 @@ def test_only_the_asked_formats_are_written(tmp_path: Path, formats: list[str]) 
     written, failed = export_all(_net(), torch.zeros(1, 1, 8, 8), tmp_path, formats)
     assert [p.name for p in written] == [f"student.{f}" for f in formats] and failed == []
     assert len(list(tmp_path.iterdir())) == len(formats)
+
+
+def test_onnx_export_has_a_dynamic_batch_and_matches_pytorch(tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    net = _net()
+    written, failed = export_all(net, torch.randn(2, 1, 8, 8), tmp_path, ["onnx"])
+    assert failed == [] and written == [tmp_path / "student.onnx"]
+    session = onnxruntime.InferenceSession(str(written[0]), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 1, 8, 8)
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    with torch.no_grad():
+        torch.testing.assert_close(got, net(x), rtol=1e-4, atol=1e-5)
