@@ -121,6 +121,9 @@ def train(
     train_set, val_set = task.datasets()
     train_loader, val_loader = build_loaders(config, train_set, val_set, device)
     distiller = build_distiller(config, task, device, first_batch(train_loader))
+    if distiller.needs_dataset():
+        distiller.bind_dataset(train_set.targets)
+        distiller.to(device)  # per-sample state (memory banks) built in bind_dataset
     if write and run_dir is None:
         run_dir = new_run_dir(config)
     if run_dir is not None:

@@ -76,6 +76,11 @@ class BatchDict(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def targets(self) -> list[int]:
+        """Every sample's label as training sees it (-1 where hidden)."""
+        return [UNLABELLED if i in self.hidden else t for i, t in enumerate(dataset_targets(self.dataset))]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.dataset[index]
         if isinstance(sample, dict):

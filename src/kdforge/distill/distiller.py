@@ -93,6 +93,20 @@ class Distiller(nn.Module):
         self.train(was_training)
         return student, teacher
 
+    def set_epoch(self, epoch: int) -> None:
+        """Tell every term that epoch `epoch` (0-based) starts."""
+        for term in self.terms:
+            term.set_epoch(epoch)
+
+    def needs_dataset(self) -> bool:
+        return any(term.needs_dataset for term in self.terms)
+
+    def bind_dataset(self, targets: Sequence[int]) -> None:
+        """Give the training labels (-1 for unlabelled) to the terms that keep per-sample state."""
+        for term in self.terms:
+            if term.needs_dataset:
+                term.bind_dataset(targets)
+
     def teacher_outputs(self, batch: dict[str, Any]) -> Outputs:
         with torch.inference_mode():
             outputs = self.teacher(self.teacher_input(batch["input"]))

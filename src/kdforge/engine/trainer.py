@@ -138,6 +138,7 @@ class Trainer:
         if self.train_loader.generator is not None:  # workers' seeds come from here, not the global RNG
             self.train_loader.generator.manual_seed(self.cfg.seed * 1_000_003 + state.epoch)
         self.distiller.train()
+        self.distiller.set_epoch(state.epoch)
         self.logger.start_epoch(state.epoch, self.train_cfg.epochs, steps, start)
         tic = time.perf_counter()
         for batch in itertools.islice(self.train_loader, steps - start):

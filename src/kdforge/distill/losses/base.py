@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -13,10 +14,23 @@ Outputs = dict[str, torch.Tensor]
 
 
 class DistillTerm(nn.Module):
-    """Base class: ``forward(student, teacher, batch) -> scalar`` computed in float32."""
+    """Base class: ``forward(student, teacher, batch) -> scalar`` computed in float32.
+
+    Optional hooks: ``setup`` (shapes), ``bind_dataset`` (when ``needs_dataset``), ``set_epoch``.
+    State a term must keep across a resume (memory banks) belongs in buffers: checkpoints save the
+    terms' state dicts.
+    """
+
+    needs_dataset = False  # True: the pipeline calls bind_dataset with the training labels before training
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         """Build shape-dependent parts (adapters) from one example batch's outputs."""
+
+    def bind_dataset(self, targets: Sequence[int]) -> None:
+        """The training set's labels (-1 for unlabelled samples), indexed like ``batch["index"]``."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every epoch (0-based), for terms with their own warm-up."""
 
     def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
