@@ -94,18 +94,46 @@ class DataConfig(_Strict):
         return self
 
 
+class ScheduledValue(_Strict):
+    """A value that changes over epochs: ``{start: 6.0, end: 3.0, schedule: linear}``.
+
+    ``epochs`` is the span of the change (default: the whole run); after it the value stays at ``end``.
+    """
+
+    start: float
+    end: float
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    epochs: int | None = Field(None, ge=1)
+
+
+def _is_schedule(value: Any) -> bool:
+    return isinstance(value, (dict, ScheduledValue)) and (
+        isinstance(value, ScheduledValue) or {"start", "end"} <= set(value)
+    )
+
+
 class TermConfig(BaseModel):
     """One distillation term: ``{loss: kd, weight: 0.7, temperature: 4}``.
 
-    Keys other than ``loss`` and ``weight`` go to the term's constructor, which checks them.
+    Keys other than ``loss``, ``weight`` and ``name`` go to the term's constructor, which checks them.
+    The weight and any numeric parameter may be scheduled: ``temperature: {start: 6, end: 3}``.
+    ``name`` is what the term is logged as and what phases refer to (default: the loss name, made unique).
     """
 
     model_config = ConfigDict(extra="allow")
 
     loss: str
-    weight: float = 1.0
+    weight: float | ScheduledValue = 1.0
+    name: str | None = None
 
     def params(self) -> dict[str, Any]:
+        """Constructor parameters; a scheduled parameter is given its start value."""
+        return {k: (self.scheduled_params()[k].start if _is_schedule(v) else v) for k, v in self.extra().items()}
+
+    def scheduled_params(self) -> dict[str, ScheduledValue]:
+        return {k: ScheduledValue.model_validate(v) for k, v in self.extra().items() if _is_schedule(v)}
+
+    def extra(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
     @model_validator(mode="after")
@@ -114,6 +142,9 @@ class TermConfig(BaseModel):
 
         try:
             build_term(self.loss, self.params())
+            ends = {k: v.end for k, v in self.scheduled_params().items()}
+            if ends:
+                build_term(self.loss, {**self.params(), **ends})
         except ConfigError:
             raise
         except RegistryError as exc:
@@ -130,10 +161,50 @@ class TapsConfig(_Strict):
     student: dict[str, str] = Field(default_factory=dict)
 
 
+class PhaseConfig(_Strict):
+    """Settings for the epochs before ``until_epoch`` (1-based: ``until_epoch: 5`` covers epochs 1-5).
+
+    ``task_weight`` replaces the task weight; ``scale_terms`` multiplies every term weight (0 = task
+    only); ``weights`` sets single terms by name. After the last phase the base settings apply.
+    """
+
+    until_epoch: int = Field(ge=1)
+    task_weight: float | None = Field(None, ge=0.0)
+    scale_terms: float | None = Field(None, ge=0.0)
+    weights: dict[str, float] = Field(default_factory=dict)
+
+
 class DistillConfig(_Strict):
-    task_weight: float = Field(1.0, ge=0.0)
+    task_weight: float | ScheduledValue = Field(1.0, union_mode="left_to_right")
     terms: list[TermConfig] = Field(default_factory=list)
     taps: TapsConfig = Field(default_factory=TapsConfig)
+    phases: list[PhaseConfig] = Field(default_factory=list)
+
+    def term_names(self) -> list[str]:
+        """Each term's log name: its ``name``, else its loss made unique (``fitnet``, ``fitnet_1``)."""
+        seen: dict[str, int] = {}
+        names = []
+        for term in self.terms:
+            count = seen.get(term.loss, 0)
+            seen[term.loss] = count + 1
+            names.append(term.name or (term.loss if count == 0 else f"{term.loss}_{count}"))
+        return names
+
+    @model_validator(mode="after")
+    def _phases_fit_terms(self) -> DistillConfig:
+        names = self.term_names()
+        if len(set(names)) != len(names):
+            raise ConfigError(f"distillation terms need distinct names, got {names}; set name: on the duplicates.")
+        ends = [phase.until_epoch for phase in self.phases]
+        if ends != sorted(set(ends)):
+            raise ConfigError(f"phases must have increasing until_epoch values, got {ends}.")
+        for phase in self.phases:
+            for name in phase.weights:
+                if name not in names:
+                    raise ConfigError(
+                        f"phase weight for unknown term {name!r}.{did_you_mean(name, names)} Terms: {names}."
+                    )
+        return self
 
 
 class OptimizerConfig(_Strict):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 from kdforge.config import RunConfig, load_config
 from kdforge.data.sampler import ResumableSampler
 from kdforge.distill.adapters import InputAdapter
-from kdforge.distill.distiller import Distiller, WeightedTerm, unique_names
+from kdforge.distill.distiller import Distiller, WeightedTerm
 from kdforge.distill.losses import build_term
+from kdforge.distill.schedule import EpochSettings, epoch_settings
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.evaluate import evaluate, resolve_amp, to_device
 from kdforge.engine.logger import RunLogger
@@ -85,12 +88,10 @@ def build_distiller(config: RunConfig, task: Task, device: torch.device, example
         teacher = TappedModel(net, config.distill.taps.teacher, task.to_outputs)
     elif config.distill.terms:
         raise ConfigError("distill.terms are set but teacher is null; set a teacher or remove the terms.")
-    names = unique_names([t.loss for t in config.distill.terms])
-    terms = [
-        WeightedTerm(n, t.weight, build_term(t.loss, t.params()))
-        for n, t in zip(names, config.distill.terms, strict=True)
-    ]
-    distiller = Distiller(student, teacher, task, terms, config.distill.task_weight, _teacher_input(config))
+    first = epoch_settings(config.distill, 0, config.train.epochs)
+    distiller = Distiller(
+        student, teacher, task, _terms(config, first), first.task_weight, _teacher_input(config), _schedule(config)
+    )
     distiller.to(device)
     student_out, teacher_out = distiller.setup(to_device(example, device))
     task.check_outputs(student_out, "student")
@@ -98,6 +99,22 @@ def build_distiller(config: RunConfig, task: Task, device: torch.device, example
         task.check_outputs(teacher_out, "teacher")
     distiller.to(device)  # adapters built in setup
     return distiller
+
+
+def _terms(config: RunConfig, first: EpochSettings) -> list[WeightedTerm]:
+    """The configured terms, built; a scheduled parameter must be an attribute the term reads each step."""
+    terms = []
+    for name, spec in zip(config.distill.term_names(), config.distill.terms, strict=True):
+        term = build_term(spec.loss, spec.params())
+        for param in spec.scheduled_params():
+            if not hasattr(term, param):
+                raise ConfigError(f"distillation loss {spec.loss!r} cannot schedule {param!r}: it is fixed at build.")
+        terms.append(WeightedTerm(name, first.weights[name], term))
+    return terms
+
+
+def _schedule(config: RunConfig) -> Callable[[int], EpochSettings]:
+    return functools.partial(epoch_settings, config.distill, total_epochs=config.train.epochs)
 
 
 def _teacher_input(config: RunConfig) -> nn.Module | None:

@@ -7,7 +7,7 @@ mode whatever ``train()`` is called with, its parameters have ``requires_grad=Fa
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kdforge.distill.losses.base import DistillTerm, Outputs
+from kdforge.distill.schedule import EpochSettings
 
 
 class TaskLoss(Protocol):
@@ -41,6 +42,7 @@ class Distiller(nn.Module):
         terms: the weighted distillation terms.
         task_weight: weight of the task loss.
         teacher_input: maps the batch input to the teacher's input (resize / renormalize), or None.
+        schedule: ``epoch -> EpochSettings`` (phases, scheduled weights and parameters), or None.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class Distiller(nn.Module):
         terms: Sequence[WeightedTerm] = (),
         task_weight: float = 1.0,
         teacher_input: nn.Module | None = None,
+        schedule: Callable[[int], EpochSettings] | None = None,
     ) -> None:
         super().__init__()
         if terms and teacher is None:
@@ -63,6 +66,7 @@ class Distiller(nn.Module):
         self.term_weights = [float(t.weight) for t in terms]
         self.task_weight = float(task_weight)
         self.teacher_input = teacher_input or nn.Identity()
+        self.schedule = schedule
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
@@ -93,10 +97,18 @@ class Distiller(nn.Module):
         self.train(was_training)
         return student, teacher
 
-    def set_epoch(self, epoch: int) -> None:
-        """Tell every term that epoch `epoch` (0-based) starts."""
+    def set_epoch(self, epoch: int) -> EpochSettings | None:
+        """Apply the schedule's settings for 0-based `epoch` and tell every term; returns the settings."""
+        settings = self.schedule(epoch) if self.schedule is not None else None
+        if settings is not None:
+            self.task_weight = settings.task_weight
+            self.term_weights = [settings.weights[name] for name in self.term_names]
+            for name, term in zip(self.term_names, self.terms, strict=True):
+                for param, value in settings.params.get(name, {}).items():
+                    setattr(term, param, value)
         for term in self.terms:
             term.set_epoch(epoch)
+        return settings
 
     def needs_dataset(self) -> bool:
         return any(term.needs_dataset for term in self.terms)
@@ -117,13 +129,15 @@ class Distiller(nn.Module):
         student = self.student(batch["input"])
         if not self.training:
             return student
-        teacher = self.teacher_outputs(batch) if self.teacher is not None and self.term_names else {}
+        # Terms weighted 0 (a task-only phase) are skipped, and so is the teacher when none is active.
+        active = [(n, w, t) for n, w, t in zip(self.term_names, self.term_weights, self.terms, strict=True) if w]
+        teacher = self.teacher_outputs(batch) if self.teacher is not None and active else {}
         parts: dict[str, torch.Tensor] = {}
         total = student_zero(student)
         if self.task_weight > 0:
             parts["task"] = self.task.loss(student, batch)
             total = total + self.task_weight * parts["task"]
-        for name, weight, term in zip(self.term_names, self.term_weights, self.terms, strict=True):
+        for name, weight, term in active:
             parts[name] = term(student, teacher, batch)
             total = total + weight * parts[name]
         return {"loss": total, "parts": parts, "student": student, "teacher": teacher}
@@ -133,14 +147,3 @@ def student_zero(outputs: Outputs) -> torch.Tensor:
     """A float32 zero on the outputs' device, connected to the graph so ``backward`` always works."""
     first = next(iter(outputs.values()))
     return first.float().sum() * 0.0
-
-
-def unique_names(names: Sequence[str]) -> list[str]:
-    """``["kd", "fitnet", "fitnet"] -> ["kd", "fitnet", "fitnet_1"]`` so every part logs under its own name."""
-    seen: dict[str, int] = {}
-    result = []
-    for name in names:
-        count = seen.get(name, 0)
-        result.append(name if count == 0 else f"{name}_{count}")
-        seen[name] = count + 1
-    return result

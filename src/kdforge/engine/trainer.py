@@ -138,7 +138,9 @@ class Trainer:
         if self.train_loader.generator is not None:  # workers' seeds come from here, not the global RNG
             self.train_loader.generator.manual_seed(self.cfg.seed * 1_000_003 + state.epoch)
         self.distiller.train()
-        self.distiller.set_epoch(state.epoch)
+        settings = self.distiller.set_epoch(state.epoch)
+        if settings is not None:
+            self.logger.log("schedule", state.global_step, {"epoch": state.epoch + 1, **settings.as_log()})
         self.logger.start_epoch(state.epoch, self.train_cfg.epochs, steps, start)
         tic = time.perf_counter()
         for batch in itertools.islice(self.train_loader, steps - start):

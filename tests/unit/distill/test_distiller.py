@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kdforge.distill.adapters import InputAdapter
-from kdforge.distill.distiller import Distiller, WeightedTerm, unique_names
+from kdforge.distill.distiller import Distiller, WeightedTerm
 from kdforge.distill.losses import build_term
 from kdforge.distill.losses.logit import kd_divergence
 from kdforge.models.taps import TappedModel
@@ -116,13 +116,6 @@ def test_terms_without_teacher_are_refused() -> None:
     term = WeightedTerm("kd", 1.0, build_term("kd", {}))
     with pytest.raises(ValueError, match="need a teacher"):
         Distiller(_model(0, (4,)), None, CrossEntropyTask(), [term])
-
-
-def test_unique_names() -> None:
-    assert unique_names(["kd", "fitnet", "fitnet", "kd"]) == ["kd", "fitnet", "fitnet_1", "kd_1"]
-
-
-# --- the teacher never trains ---------------------------------------------------------------------
 
 
 def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
