@@ -106,6 +106,13 @@ class ScheduledValue(_Strict):
     epochs: int | None = Field(None, ge=1)
 
 
+def _check_weight(value: float | ScheduledValue) -> float | ScheduledValue:
+    values = (value.start, value.end) if isinstance(value, ScheduledValue) else (value,)
+    if any(v < 0 for v in values):
+        raise ValueError("loss weights must be >= 0")
+    return value
+
+
 def _is_schedule(value: Any) -> bool:
     return isinstance(value, (dict, ScheduledValue)) and (
         isinstance(value, ScheduledValue) or {"start", "end"} <= set(value)
@@ -125,6 +132,11 @@ class TermConfig(BaseModel):
     loss: str
     weight: float | ScheduledValue = 1.0
     name: str | None = None
+
+    @field_validator("weight")
+    @classmethod
+    def _non_negative(cls, value: float | ScheduledValue) -> float | ScheduledValue:
+        return _check_weight(value)
 
     def params(self) -> dict[str, Any]:
         """Constructor parameters; a scheduled parameter is given its start value."""
@@ -179,6 +191,11 @@ class DistillConfig(_Strict):
     terms: list[TermConfig] = Field(default_factory=list)
     taps: TapsConfig = Field(default_factory=TapsConfig)
     phases: list[PhaseConfig] = Field(default_factory=list)
+
+    @field_validator("task_weight")
+    @classmethod
+    def _non_negative(cls, value: float | ScheduledValue) -> float | ScheduledValue:
+        return _check_weight(value)
 
     def term_names(self) -> list[str]:
         """Each term's log name: its ``name``, else its loss made unique (``fitnet``, ``fitnet_1``)."""
@@ -427,7 +444,8 @@ def _describe_one(err: dict[str, Any], raw: dict[str, Any]) -> str:
         return f"key {path!r} is required but missing."
     if err["type"] == "value_error" and isinstance(err.get("ctx", {}).get("error"), ConfigError):
         return f"key {path!r}: {err['ctx']['error']}"
-    return f"key {path!r} has invalid value {_value_at(raw, loc)!r}: {err['msg']}."
+    message = err["msg"].removeprefix("Value error, ").rstrip(".")
+    return f"key {path!r} has invalid value {_value_at(raw, loc)!r}: {message}."
 
 
 def _user_loc(raw: Any, loc: tuple[Any, ...]) -> list[Any]:
