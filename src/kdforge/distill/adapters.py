@@ -3,6 +3,7 @@ the teacher's input adapter (fixed resize / renormalization)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -10,20 +11,42 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class FeatureAdapter(nn.Module):
-    """Channel projection (1x1 conv for maps, linear for vectors/tokens) plus spatial resize.
+def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """ViT tokens (B, N, D) -> a map (B, D, g, g): the prefix tokens (class, registers) that come before the
+    g*g patch grid are dropped, where g*g is the largest square not above N."""
+    batch, count, dim = tokens.shape
+    grid = math.isqrt(count)
+    return tokens[:, count - grid * grid :].transpose(1, 2).reshape(batch, dim, grid, grid)
 
-    Built from one example pair: identity where the shapes already match.
+
+def _map_shape(shape: torch.Size) -> tuple[int, ...]:
+    if len(shape) == 3:
+        grid = math.isqrt(shape[1])
+        return (shape[0], shape[2], grid, grid)
+    return tuple(shape)
+
+
+class FeatureAdapter(nn.Module):
+    """Maps a student feature onto the teacher's shape: channel projection (1x1 conv for maps, linear for
+    vectors and tokens) plus spatial resize; identity where the shapes already match.
+
+    ViT tokens meet CNN maps (either way round), or tokens of different grids, as maps: tokens become
+    (B, D, g, g) after their prefix tokens are dropped, on both sides, so a ConvNeXt teacher can teach a
+    ViT student. Terms compare ``adapter(student)`` with ``adapter.teacher_view(teacher)``.
     """
 
     def __init__(self, student_shape: torch.Size, teacher_shape: torch.Size) -> None:
         super().__init__()
-        if len(student_shape) != len(teacher_shape):
+        ranks = {len(student_shape), len(teacher_shape)}
+        if 2 in ranks and len(ranks) > 1:
             raise ValueError(
                 f"cannot adapt a student feature of shape {tuple(student_shape)} to a teacher feature of shape "
-                f"{tuple(teacher_shape)}: they differ in rank. Tap layers of the same kind (maps with maps, "
-                "vectors with vectors)."
+                f"{tuple(teacher_shape)}: a vector cannot be compared with a map or tokens. Tap layers of the "
+                "same kind (pooled embeddings with pooled embeddings, maps or tokens with maps or tokens)."
             )
+        self.as_maps = len(ranks) > 1 or (ranks == {3} and student_shape[1] != teacher_shape[1])
+        if self.as_maps:
+            student_shape, teacher_shape = _map_shape(student_shape), _map_shape(teacher_shape)
         s_ch, t_ch = _channels(student_shape), _channels(teacher_shape)
         self.is_map = len(student_shape) == 4
         self.size = tuple(teacher_shape[2:]) if self.is_map else None
@@ -35,13 +58,19 @@ class FeatureAdapter(nn.Module):
             self.proj = nn.Linear(s_ch, t_ch, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.as_maps and x.dim() == 3:
+            x = tokens_to_map(x)
         x = self.proj(x)  # (B, C_t, H_s, W_s) or (B, [N,] C_t)
         if self.is_map and tuple(x.shape[2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
         return x
 
+    def teacher_view(self, teacher: torch.Tensor) -> torch.Tensor:
+        """The teacher feature in the space the adapted student lives in (tokens as a map when needed)."""
+        return tokens_to_map(teacher) if self.as_maps and teacher.dim() == 3 else teacher
 
-def _channels(shape: torch.Size) -> int:
+
+def _channels(shape: tuple[int, ...]) -> int:
     return shape[1] if len(shape) == 4 else shape[-1]
 
 

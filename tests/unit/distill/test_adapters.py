@@ -8,14 +8,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdforge.distill.adapters import FeatureAdapter, InputAdapter
+from kdforge.distill.adapters import FeatureAdapter, InputAdapter, tokens_to_map
 
 # --- feature adapter ------------------------------------------------------------------------------
 
 
-def test_adapter_refuses_different_ranks() -> None:
-    with pytest.raises(ValueError, match="differ in rank"):
+def test_adapter_refuses_a_vector_against_a_map() -> None:
+    with pytest.raises(ValueError, match="a vector cannot be compared with a map or tokens"):
         FeatureAdapter(torch.Size([2, 4, 6, 6]), torch.Size([2, 8]))
+
+
+def test_tokens_to_map_drops_the_prefix_tokens_and_keeps_grid_order() -> None:
+    grid = torch.arange(2 * 9 * 4, dtype=torch.float32).reshape(2, 9, 4)  # (B, 3*3 patches, D)
+    tokens = torch.cat([torch.full((2, 2, 4), -1.0), grid], dim=1)  # class + register token first
+    fmap = tokens_to_map(tokens)
+    assert fmap.shape == (2, 4, 3, 3)
+    assert torch.equal(fmap[1, :, 2, 1], grid[1, 2 * 3 + 1])
+
+
+def test_vit_student_tokens_meet_a_cnn_teacher_map() -> None:
+    torch.manual_seed(0)
+    adapter = FeatureAdapter(torch.Size([2, 1 + 16, 8]), torch.Size([2, 12, 7, 7]))  # ViT 4x4 grid vs 7x7 map
+    student, teacher = torch.randn(2, 17, 8, requires_grad=True), torch.randn(2, 12, 7, 7)
+    out = adapter(student)
+    assert out.shape == (2, 12, 7, 7) and isinstance(adapter.proj, nn.Conv2d)
+    assert torch.equal(adapter.teacher_view(teacher), teacher)
+    out.sum().backward()
+    assert student.grad[:, 0].abs().sum() == 0 and student.grad[:, 1:].abs().sum() > 0  # class token unused
+
+
+def test_cnn_student_map_meets_vit_teacher_tokens() -> None:
+    adapter = FeatureAdapter(torch.Size([2, 4, 6, 6]), torch.Size([2, 1 + 9, 16]))
+    teacher = torch.randn(2, 10, 16)
+    assert adapter(torch.randn(2, 4, 6, 6)).shape == adapter.teacher_view(teacher).shape == (2, 16, 3, 3)
+
+
+def test_tokens_of_equal_count_are_matched_token_by_token() -> None:
+    adapter = FeatureAdapter(torch.Size([2, 10, 8]), torch.Size([2, 10, 12]))
+    assert isinstance(adapter.proj, nn.Linear) and not adapter.as_maps
+    assert adapter(torch.randn(2, 10, 8)).shape == (2, 10, 12)
 
 
 def test_feature_adapter_projects_maps_with_a_1x1_conv_and_resizes() -> None:
