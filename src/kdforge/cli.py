@@ -119,6 +119,23 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdforge.distill.losses import TERMS, term_signature
+
+    table = Table(title="distillation terms (distill.terms: [{loss: NAME, weight: W, ...parameters}])")
+    for column in ("loss", "parameters (default)", "reference"):
+        table.add_column(column)
+    for name in TERMS.names():
+        params, reference = term_signature(name)
+        shown = ", ".join(f"{p}={d!r}" if d is not None else f"{p} (required)" for p, d in params.items())
+        table.add_row(name, shown, reference)
+    Console(width=max(120, Console().width)).print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdforge", description="Knowledge distillation for PyTorch vision models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["digits"])
     p.add_argument("out", help="output folder")
     p.add_argument("--image-size", type=int, default=32)
+    sub.add_parser("methods", help="list the distillation terms with their parameters and papers")
     p = sub.add_parser("modules", help="list a model's module names (for distill.taps)")
     p.add_argument("model", help="timm name or pkg.mod:factory")
     p.add_argument("--source", choices=["timm", "torchvision", "import"])
@@ -159,6 +177,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "modules": cmd_modules,
     "data": cmd_data,
+    "methods": cmd_methods,
 }
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 
 class BufferSnapshot:
-    """A copy of the trainable modules' float buffers (BN running statistics).
+    """A copy of the student's float buffers (BN running statistics).
 
     Taken at the start of each accumulation window and restored when the window's step is skipped as
     non-finite, so a NaN batch leaves no trace in the model. The copy is preallocated: one in-place

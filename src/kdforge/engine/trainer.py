@@ -101,7 +101,7 @@ class Trainer:
             self.optimizer_steps_per_epoch,
         )
         self.ema = self._new_ema()
-        self.buffers = BufferSnapshot(distiller.trainable_modules().values())
+        self.buffers = BufferSnapshot([distiller.student])  # BN statistics; term state guards itself
         self.meter = StepMeter()
         self.state = TrainState()
         self.last_metrics: dict[str, float] = {}

@@ -28,8 +28,20 @@ from torch import nn
 from kdforge.distill.losses import TERMS, DistillTerm, build_term
 
 CONTRACT_PARAMS: dict[str, dict[str, Any]] = {
+    "crd": {"student": "f", "teacher": "f"},  # defaults: K = 16384 capped at NUM_SAMPLES - 1
     "kd": {"temperature": 2.0},
     "fitnet": {"student": "f", "teacher": "f"},
+    "at": {"student": "f", "teacher": "f"},
+    "cosine": {"student": "tok", "teacher": "tok", "tokens": "cls"},
+    "smooth_l1": {"student": "tok", "teacher": "tok", "tokens": "grid"},
+    "sp": {"student": "f", "teacher": "f"},
+    "rkd": {"student": "v", "teacher": "v"},
+    "pkt": {"student": "v", "teacher": "v"},
+    "dkd": {"warmup": 2},
+    "dist": {"temperature": 2.0},
+    "cwd": {"student": "f", "teacher": "feat:f", "temperature": 2.0},
+    "pixel_kl": {"student": "seg", "teacher": "seg", "temperature": 2.0},
+    "attention": {"student": "attn", "teacher": "attn"},
 }
 B, CLASSES, NUM_SAMPLES = 4, 5, 16
 TARGETS = [i % CLASSES for i in range(NUM_SAMPLES)]

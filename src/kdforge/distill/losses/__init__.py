@@ -34,12 +34,23 @@ def check_term_params(name: str, params: dict[str, Any]) -> type[DistillTerm]:
     return cls
 
 
+def term_signature(name: str) -> tuple[dict[str, Any], str]:
+    """``({parameter: default, or None when required}, reference)`` of a term, from its code and docstring."""
+    cls = TERMS.get(name)
+    params = {
+        p.name: (None if p.default is inspect.Parameter.empty else p.default)
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self"
+    }
+    return params, (cls.__doc__ or "").strip().split("\n")[0]
+
+
 def build_term(name: str, params: dict[str, Any]) -> DistillTerm:
     """Instantiate the term `name`; an unknown parameter names the term's valid ones."""
     return check_term_params(name, params)(**params)
 
 
 # One import line per family registers its terms.
-from kdforge.distill.losses import feature, logit  # noqa: E402,F401
+from kdforge.distill.losses import crd, dense, feature, logit, relational  # noqa: E402,F401
 
 __all__ = ["TERMS", "DistillTerm", "build_term"]

@@ -1,0 +1,228 @@
+"""Dense-prediction terms (cwd, pixel_kl, attention) against float64 formulas written out by hand.
+
+The terms compute in float32 (``pick``), so values are compared with the float64 references within
+rtol 1e-5 / atol 1e-6.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdforge.distill.losses import build_term
+from kdforge.distill.losses.dense import expose_attention
+from kdforge.models.taps import TappedModel
+
+TOL = {"rtol": 1e-5, "atol": 1e-6}
+
+
+def _softmax64(z: torch.Tensor, dim: int) -> torch.Tensor:
+    z = z.double()
+    e = torch.exp(z - z.amax(dim=dim, keepdim=True))
+    return e / e.sum(dim=dim, keepdim=True)
+
+
+def _kl64(p_t: torch.Tensor, p_s: torch.Tensor, dim: int) -> torch.Tensor:
+    """``sum p_t (log p_t - log p_s)`` along `dim`, float64."""
+    return (p_t * (p_t.log() - p_s.log())).sum(dim)
+
+
+def _cwd_by_hand(s: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
+    """``tau^2 * sum_{n,c} KL(softmax_HW(t/tau) || softmax_HW(s/tau)) / (N*C)``."""
+    n, c = t.shape[:2]
+    p_s, p_t = _softmax64(s.flatten(2) / tau, -1), _softmax64(t.flatten(2) / tau, -1)  # (N, C, H*W)
+    return tau**2 * _kl64(p_t, p_s, -1).sum() / (n * c)
+
+
+def _pixel_kl_by_hand(s: torch.Tensor, t: torch.Tensor, temp: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """``T^2 * mean over kept pixels of KL(softmax_K(t/T) || softmax_K(s/T))``."""
+    kl = _kl64(_softmax64(t / temp, 1), _softmax64(s / temp, 1), 1)  # (B, H, W)
+    keep = torch.ones_like(kl, dtype=torch.bool) if keep is None else keep
+    return temp**2 * kl[keep].sum() / keep.sum()
+
+
+def _attention_by_hand(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Mean over (B, heads, rows) of ``sum_j t log(max(t, eps)) - t log(max(s, eps))``."""
+    s, t = s.double(), t.double()
+    return (t * (t.clamp(min=1e-8).log() - s.clamp(min=1e-8).log())).sum(-1).mean()
+
+
+def _attn(b: int, heads: int, n: int) -> torch.Tensor:
+    return (torch.randn(b, heads, n, n) * 2).softmax(-1)
+
+
+def _ready(name: str, params: dict, student: dict, teacher: dict):
+    term = build_term(name, params)
+    term.setup(student, teacher)
+    return term
+
+
+# --- cwd -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_cwd_matches_hand_computation(tau: float) -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 3, 4, 5) * 2, torch.randn(2, 3, 4, 5) * 2
+    student, teacher = {"feat:f": s}, {"feat:f": t}
+    value = _ready("cwd", {"student": "f", "teacher": "f", "temperature": tau}, student, teacher)(student, teacher, {})
+    assert value.dtype == torch.float32 and value.shape == ()
+    torch.testing.assert_close(value.double(), _cwd_by_hand(s, t, tau), **TOL)
+
+
+def test_cwd_adapts_channels_and_size_of_the_student() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 4, 4)
+    student, teacher = {"seg": s}, {"seg": t}
+    term = _ready("cwd", {"student": "seg", "teacher": "seg"}, student, teacher)  # output keys, not taps
+    weight = term.adapter.proj.weight.detach().double()[:, :, 0, 0]  # (4, 3) 1x1 conv
+    adapted = F.interpolate(torch.einsum("oc,bchw->bohw", weight, s.double()), size=(4, 4), mode="bilinear")
+    torch.testing.assert_close(term(student, teacher, {}).double(), _cwd_by_hand(adapted, t, 1.0), **TOL)
+
+
+def test_cwd_rejects_vectors() -> None:
+    outputs = {"feat:v": torch.randn(2, 8)}
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        _ready("cwd", {"student": "v", "teacher": "v"}, outputs, outputs)
+
+
+# --- pixel_kl --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temp", [1.0, 3.0])
+def test_pixel_kl_matches_hand_computation(temp: float) -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 4, 3) * 2, torch.randn(2, 5, 4, 3) * 2
+    term = _ready("pixel_kl", {"temperature": temp}, {"logits": s}, {"logits": t})
+    value = term({"logits": s}, {"logits": t}, {"target": torch.tensor([0, 1])})  # class labels: not a mask
+    torch.testing.assert_close(value.double(), _pixel_kl_by_hand(s, t, temp), **TOL)
+
+
+def test_pixel_kl_leaves_out_ignored_pixels() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 4, 4) * 2, torch.randn(2, 5, 4, 4) * 2
+    target = torch.randint(0, 5, (2, 4, 4))
+    target[0, :2] = 255
+    target[1, 3, 1] = 255
+    term = _ready("pixel_kl", {"temperature": 2.0, "student": "seg", "teacher": "seg"}, {"seg": s}, {"seg": t})
+    value = term({"seg": s}, {"seg": t}, {"target": target})
+    torch.testing.assert_close(value.double(), _pixel_kl_by_hand(s, t, 2.0, keep=target != 255), **TOL)
+    moved = s.clone()
+    moved[0, :, :2] += 10 * torch.randn(5, 2, 4)  # only ignored pixels change
+    assert torch.equal(term({"seg": moved}, {"seg": t}, {"target": target}), value)
+    all_ignored = torch.full_like(target, 255)
+    assert term({"seg": s}, {"seg": t}, {"target": all_ignored}).item() == 0.0
+
+
+def test_pixel_kl_resizes_a_smaller_student_map() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 3, 3), torch.randn(2, 5, 6, 6)
+    term = _ready("pixel_kl", {}, {"logits": s}, {"logits": t})
+    resized = F.interpolate(s.double(), size=(6, 6), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(
+        term({"logits": s}, {"logits": t}, {}).double(), _pixel_kl_by_hand(resized, t, 1.0), **TOL
+    )
+
+
+def test_pixel_kl_needs_the_same_classes() -> None:
+    with pytest.raises(ValueError, match="same classes"):
+        _ready("pixel_kl", {}, {"logits": torch.randn(1, 3, 2, 2)}, {"logits": torch.randn(1, 5, 2, 2)})
+
+
+# --- attention -------------------------------------------------------------------------------------
+
+
+def test_attention_match_compares_head_by_head() -> None:
+    torch.manual_seed(0)
+    s, t = _attn(2, 3, 7), _attn(2, 3, 7)
+    s[0, 0, 0] = torch.tensor([1.0, 0, 0, 0, 0, 0, 0])  # exact zeros: the eps clamp keeps the log finite
+    term = _ready("attention", {"student": "a", "teacher": "a", "heads": "match"}, {"feat:a": s}, {"feat:a": t})
+    value = term({"feat:a": s}, {"feat:a": t}, {})
+    assert torch.isfinite(value)
+    torch.testing.assert_close(value.double(), _attention_by_hand(s, t), **TOL)
+
+
+def test_attention_mean_averages_heads_first() -> None:
+    torch.manual_seed(0)
+    s, t = _attn(2, 2, 5), _attn(2, 3, 5)  # 2 student heads, 3 teacher heads
+    term = _ready("attention", {"student": "a", "teacher": "a"}, {"feat:a": s}, {"feat:a": t})
+    reference = _attention_by_hand(s.mean(1, keepdim=True), t.mean(1, keepdim=True))
+    torch.testing.assert_close(term({"feat:a": s}, {"feat:a": t}, {}).double(), reference, **TOL)
+    same_heads = _attn(2, 3, 5)
+    match = build_term("attention", {"student": "a", "teacher": "a", "heads": "match"})
+    mean = build_term("attention", {"student": "a", "teacher": "a"})
+    assert match({"feat:a": same_heads}, {"feat:a": t}, {}) > mean({"feat:a": same_heads}, {"feat:a": t}, {})
+
+
+def test_attention_match_refuses_different_head_counts() -> None:
+    s, t = _attn(1, 2, 5), _attn(1, 3, 5)
+    with pytest.raises(ValueError, match="heads='mean'"):
+        _ready("attention", {"student": "a", "teacher": "a", "heads": "match"}, {"feat:a": s}, {"feat:a": t})
+
+
+def test_attention_refuses_different_token_counts_and_unknown_modes() -> None:
+    with pytest.raises(ValueError, match="token count"):
+        _ready("attention", {"student": "a", "teacher": "a"}, {"feat:a": _attn(1, 2, 5)}, {"feat:a": _attn(1, 2, 6)})
+    with pytest.raises(ValueError, match="'mean' or 'match'"):
+        build_term("attention", {"student": "a", "teacher": "a", "heads": "max"})
+
+
+# --- every term ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "key", "value"),
+    [
+        ("cwd", {"student": "f", "teacher": "f", "temperature": 2.0}, "feat:f", torch.randn(2, 3, 4, 4)),
+        ("pixel_kl", {"temperature": 2.0}, "logits", torch.randn(2, 5, 4, 4)),
+        ("attention", {"student": "a", "teacher": "a", "heads": "match"}, "feat:a", _attn(2, 3, 6)),
+        ("attention", {"student": "a", "teacher": "a"}, "feat:a", _attn(2, 3, 6)),
+    ],
+)
+def test_zero_when_student_equals_teacher(name: str, params: dict, key: str, value: torch.Tensor) -> None:
+    outputs = {key: value}
+    result = _ready(name, params, outputs, {key: value.clone()})(outputs, {key: value.clone()}, {})
+    torch.testing.assert_close(result, torch.tensor(0.0), rtol=0, atol=1e-6)
+
+
+# --- timm ViT attention taps -----------------------------------------------------------------------
+
+
+def _vit(heads: int) -> torch.nn.Module:
+    timm = pytest.importorskip("timm")
+    return timm.models.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=12 * heads, depth=2, num_heads=heads, num_classes=5
+    )  # 4*4 patches + 1 class token = 17 tokens
+
+
+def test_timm_vit_attention_taps_see_probabilities_after_expose_attention() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    vit = _vit(heads=3).eval()
+    tapped = TappedModel(vit, taps={"attn": "blocks.1.attn.attn_drop"})
+    fused = tapped(x)
+    if vit.blocks[1].attn.fused_attn:  # fused: probabilities never exist, the attn_drop hook never runs
+        assert "feat:attn" not in fused
+
+    assert expose_attention(vit) == ["blocks.0.attn", "blocks.1.attn"]
+    out = tapped(x)
+    attn = out["feat:attn"]  # (B, heads, N, N)
+    assert attn.shape == (2, 3, 17, 17)
+    assert (attn >= 0).all()
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 3, 17), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out["logits"], fused["logits"], rtol=1e-4, atol=1e-5)  # same function
+
+
+def test_attention_term_on_timm_vits_with_different_head_counts() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    student_vit, teacher_vit = _vit(heads=2), _vit(heads=3).eval().requires_grad_(False)
+    for vit in (student_vit, teacher_vit):
+        expose_attention(vit)
+    student = TappedModel(student_vit, taps={"attn": "blocks.1.attn.attn_drop"})(x)
+    teacher = TappedModel(teacher_vit, taps={"attn": "blocks.1.attn.attn_drop"})(x)
+    value = _ready("attention", {"student": "attn", "teacher": "attn"}, student, teacher)(student, teacher, {})
+    value.backward()
+    assert torch.isfinite(value) and value > 0
+    assert student_vit.blocks[1].attn.qkv.weight.grad.abs().sum() > 0
