@@ -43,6 +43,7 @@ class ModelSpec(_Strict):
     checkpoint_key: str | None = None
     trust_checkpoint: bool = False
     input: InputSpec | None = None
+    taps: dict[str, str] = Field(default_factory=dict)  # {tap_name: module.path}, merged with distill.taps
 
 
 class AugmentConfig(_Strict):
@@ -132,6 +133,12 @@ class TermConfig(BaseModel):
     loss: str
     weight: float | ScheduledValue = 1.0
     name: str | None = None
+    teachers: list[str] | None = None  # which teachers it reads (several: their ensemble); default: the first
+
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("weight")
     @classmethod
@@ -323,6 +330,7 @@ class RunConfig(_Strict):
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     teacher: ModelSpec | None = None
+    teachers: dict[str, ModelSpec] = Field(default_factory=dict)
     student: ModelSpec
     data: DataConfig = Field(default_factory=DataConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
@@ -337,6 +345,26 @@ class RunConfig(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def teacher_specs(self) -> dict[str, ModelSpec]:
+        """Every teacher by name: ``teacher`` is the one called "teacher"; ``teachers`` names several."""
+        return {"teacher": self.teacher} if self.teacher is not None else dict(self.teachers)
+
+    @model_validator(mode="after")
+    def _teachers_fit_terms(self) -> RunConfig:
+        if self.teacher is not None and self.teachers:
+            raise ConfigError("set either teacher (one) or teachers (several, by name), not both.")
+        names = list(self.teacher_specs())
+        if self.distill.terms and not names:
+            raise ConfigError("distill.terms are set but there is no teacher; set teacher or remove the terms.")
+        for term in self.distill.terms:
+            for name in term.teachers or []:
+                if name not in names:
+                    raise ConfigError(
+                        f"distillation loss {term.loss!r} reads teacher {name!r}, which does not exist."
+                        f"{did_you_mean(name, names)} Teachers: {', '.join(names) or 'none'}."
+                    )
+        return self
 
 
 def load_config(
@@ -443,7 +471,7 @@ def _describe_one(err: dict[str, Any], raw: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return f"key {path!r} is required but missing."
     if err["type"] == "value_error" and isinstance(err.get("ctx", {}).get("error"), ConfigError):
-        return f"key {path!r}: {err['ctx']['error']}"
+        return f"key {path!r}: {err['ctx']['error']}" if path else str(err["ctx"]["error"])
     message = err["msg"].removeprefix("Value error, ").rstrip(".")
     return f"key {path!r} has invalid value {_value_at(raw, loc)!r}: {message}."
 

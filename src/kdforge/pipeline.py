@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 from kdforge.config import RunConfig, load_config
 from kdforge.data.sampler import ResumableSampler
 from kdforge.distill.adapters import InputAdapter
-from kdforge.distill.distiller import Distiller, WeightedTerm
+from kdforge.distill.distiller import DEFAULT_TEACHER, Distiller, WeightedTerm
 from kdforge.distill.losses import build_term
+from kdforge.distill.losses.dense import expose_attention
 from kdforge.distill.schedule import EpochSettings, epoch_settings
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.evaluate import evaluate, resolve_amp, to_device
@@ -78,27 +79,33 @@ def build_loaders(
 
 
 def build_distiller(config: RunConfig, task: Task, device: torch.device, example: dict[str, Any]) -> Distiller:
-    """Models (with taps), terms and the teacher's input adapter; checks class counts on one batch."""
-    student = TappedModel(
-        build_model(config.student, task.num_classes, "student"), config.distill.taps.student, task.to_outputs
-    )
-    teacher = None
-    if config.teacher is not None:
-        net = build_model(config.teacher, task.num_classes, "teacher")
-        teacher = TappedModel(net, config.distill.taps.teacher, task.to_outputs)
-    elif config.distill.terms:
-        raise ConfigError("distill.terms are set but teacher is null; set a teacher or remove the terms.")
+    """Models (with taps), terms and the teachers' input adapters; checks class counts on one batch."""
+    student_net = build_model(config.student, task.num_classes, "student")
+    student = TappedModel(student_net, {**config.student.taps, **config.distill.taps.student}, task.to_outputs)
+    teachers, inputs = {}, {}
+    for name, spec in config.teacher_specs().items():
+        taps = {**spec.taps, **(config.distill.taps.teacher if name == DEFAULT_TEACHER else {})}
+        teachers[name] = TappedModel(build_model(spec, task.num_classes, _role(name)), taps, task.to_outputs)
+        if spec.input is not None:
+            inputs[name] = InputAdapter(
+                config.data.mean, config.data.std, spec.input.mean, spec.input.std, spec.input.size
+            )
+    if any(term.loss == "attention" for term in config.distill.terms):
+        for net in (student_net, *(t.model for t in teachers.values())):
+            expose_attention(net)  # timm's fused attention never materialises the probabilities a tap reads
     first = epoch_settings(config.distill, 0, config.train.epochs)
-    distiller = Distiller(
-        student, teacher, task, _terms(config, first), first.task_weight, _teacher_input(config), _schedule(config)
-    )
+    distiller = Distiller(student, teachers, task, _terms(config, first), first.task_weight, inputs, _schedule(config))
     distiller.to(device)
-    student_out, teacher_out = distiller.setup(to_device(example, device))
+    student_out, teacher_outs = distiller.setup(to_device(example, device))
     task.check_outputs(student_out, "student")
-    if teacher_out is not None:
-        task.check_outputs(teacher_out, "teacher")
+    for name, outputs in teacher_outs.items():
+        task.check_outputs(outputs, _role(name))
     distiller.to(device)  # adapters built in setup
     return distiller
+
+
+def _role(teacher_name: str) -> str:
+    return "teacher" if teacher_name == DEFAULT_TEACHER else f"teacher {teacher_name!r}"
 
 
 def _terms(config: RunConfig, first: EpochSettings) -> list[WeightedTerm]:
@@ -109,20 +116,12 @@ def _terms(config: RunConfig, first: EpochSettings) -> list[WeightedTerm]:
         for param in spec.scheduled_params():
             if not hasattr(term, param):
                 raise ConfigError(f"distillation loss {spec.loss!r} cannot schedule {param!r}: it is fixed at build.")
-        terms.append(WeightedTerm(name, first.weights[name], term))
+        terms.append(WeightedTerm(name, first.weights[name], term, tuple(spec.teachers or ())))
     return terms
 
 
 def _schedule(config: RunConfig) -> Callable[[int], EpochSettings]:
     return functools.partial(epoch_settings, config.distill, total_epochs=config.train.epochs)
-
-
-def _teacher_input(config: RunConfig) -> nn.Module | None:
-    spec = config.teacher.input if config.teacher else None
-    if spec is None:
-        return None
-    data = config.data
-    return InputAdapter(data.mean, data.std, spec.mean, spec.std, spec.size)
 
 
 def first_batch(loader: DataLoader) -> dict[str, Any]:
@@ -150,10 +149,11 @@ def train(
     if resume is not None:
         trainer.resume(resume)
     try:
-        teacher_metrics = _evaluate_teacher(config, distiller, val_loader, task, device, logger)
+        teachers_metrics = _evaluate_teachers(config, distiller, val_loader, task, device, logger)
+        teacher_metrics = next(iter(teachers_metrics.values()), {})
         metrics = trainer.fit()
         best = _best_metrics(trainer, run_dir)
-        summary = _summary(config, distiller, trainer, metrics, best, teacher_metrics)
+        summary = _summary(config, distiller, trainer, metrics, best, teachers_metrics)
         if run_dir is not None:
             export_student(_exported_network(trainer, run_dir), None, run_dir / "student.safetensors")
             write_summary(summary, run_dir / "summary.json")
@@ -164,22 +164,22 @@ def train(
     return RunResult(run_dir, metrics, best, teacher_metrics, summary)
 
 
-def _evaluate_teacher(
+def _evaluate_teachers(
     config: RunConfig, distiller: Distiller, loader: DataLoader, task: Task, device: torch.device, logger: RunLogger
-) -> dict[str, float]:
-    """The teacher's metrics before training starts, so a bad teacher shows before hours are spent on it."""
-    if distiller.teacher is None:
-        return {}
-    if not config.teacher.checkpoint:
-        logger.warning(
-            "the teacher has no checkpoint, so it has random weights (kdforge never downloads pretrained "
-            "weights): set teacher.checkpoint (--teacher-checkpoint) to distil a trained teacher."
-        )
-    model = nn.Sequential(distiller.teacher_input, distiller.teacher)
-    metrics = evaluate(model, loader, task, device, resolve_amp(config.train.amp, device))
-    logger.log("teacher", 0, metrics)
-    logger.message("teacher: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    return metrics
+) -> dict[str, dict[str, float]]:
+    """Each teacher's metrics before training starts, so a bad teacher shows before hours are spent on it."""
+    results = {}
+    for name, spec in config.teacher_specs().items():
+        if not spec.checkpoint:
+            logger.warning(
+                f"the {_role(name)} has no checkpoint, so it has random weights (kdforge never downloads "
+                "pretrained weights): set its checkpoint (--teacher-checkpoint) to distil a trained teacher."
+            )
+        model = nn.Sequential(distiller.teacher_inputs[name], distiller.teachers[name])
+        results[name] = metrics = evaluate(model, loader, task, device, resolve_amp(config.train.amp, device))
+        logger.log("teacher", 0, {"teacher": name, **metrics})
+        logger.message(f"{_role(name)}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return results
 
 
 def _best_metrics(trainer: Trainer, run_dir: Path | None) -> dict[str, float]:
@@ -206,22 +206,24 @@ def _summary(
     trainer: Trainer,
     last: dict[str, float],
     best: dict[str, float],
-    teacher_metrics: dict[str, float],
+    teachers_metrics: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
     student_params = count_parameters(trainer.student_net)
-    teacher_params = count_parameters(distiller.teacher) if distiller.teacher is not None else None
+    teachers = [
+        {
+            "teacher": name,
+            "name": spec.name,
+            "params": count_parameters(distiller.teachers[name]),
+            "metrics": teachers_metrics.get(name, {}),
+        }
+        for name, spec in config.teacher_specs().items()
+    ]
     return {
         "task": config.task,
-        "student": {
-            "name": config.student.name,
-            "params": student_params,
-            "metrics": best,
-            "last_metrics": last,
-        },
-        "teacher": None
-        if teacher_params is None
-        else {"name": config.teacher.name, "params": teacher_params, "metrics": teacher_metrics},
-        "compression": None if teacher_params is None else teacher_params / student_params,
+        "student": {"name": config.student.name, "params": student_params, "metrics": best, "last_metrics": last},
+        "teacher": teachers[0] if teachers else None,
+        "teachers": teachers,
+        "compression": teachers[0]["params"] / student_params if teachers else None,
         "epochs_run": trainer.state.epoch,
         "best_epoch": trainer.state.best_epoch,
         "stopped_early": trainer.state.stopped_early,

@@ -10,7 +10,10 @@ import yaml
 from kdforge.config import RunConfig, apply_override, deep_merge, load_config
 from kdforge.errors import ConfigError
 
-STUDENT = {"student": {"source": "import", "name": "kdforge.models.zoo:cnn"}}
+STUDENT = {
+    "student": {"source": "import", "name": "kdforge.models.zoo:cnn"},
+    "teacher": {"source": "import", "name": "kdforge.models.zoo:cnn"},
+}
 
 
 def _write(path: Path, data: dict) -> Path:
@@ -267,8 +270,8 @@ def test_teacher_can_be_removed_by_override(value: str) -> None:
 
 
 def test_teacher_defaults_to_none_and_accepts_a_spec() -> None:
-    assert _config([]).teacher is None
-    config = _config(["teacher.name=resnet50", "teacher.num_classes=10"])
+    assert load_config(base={"student": STUDENT["student"]}).teacher is None
+    config = _config(["teacher={name: resnet50, num_classes: 10}"])
     assert config.teacher is not None
     assert (config.teacher.source, config.teacher.name, config.teacher.num_classes) == (
         "timm",

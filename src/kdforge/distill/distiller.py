@@ -1,13 +1,14 @@
-"""Distiller: a frozen teacher, a student and weighted distillation terms, as one module.
+"""Distiller: frozen teachers, a student and weighted distillation terms, as one module.
 
-``loss = task_weight * task_loss + sum_i weight_i * term_i``. The teacher never trains: it stays in eval
-mode whatever ``train()`` is called with, its parameters have ``requires_grad=False``, and it runs under
-``torch.inference_mode()``.
+``loss = task_weight * task_loss + sum_i weight_i * term_i``. The teachers never train: they stay in eval
+mode whatever ``train()`` is called with, their parameters have ``requires_grad=False``, and they run
+under ``torch.inference_mode()``. A term reads one teacher (the first by default) or the ensemble of
+several.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,6 +17,9 @@ from torch import nn
 
 from kdforge.distill.losses.base import DistillTerm, Outputs
 from kdforge.distill.schedule import EpochSettings
+from kdforge.models.taps import TAP_PREFIX
+
+DEFAULT_TEACHER = "teacher"
 
 
 class TaskLoss(Protocol):
@@ -27,54 +31,82 @@ class WeightedTerm:
     name: str
     weight: float
     term: DistillTerm
+    teachers: tuple[str, ...] = ()  # empty: the first teacher; several: their ensemble
+
+
+def ensemble_outputs(outputs: Sequence[Outputs], temperature: float = 1.0) -> Outputs:
+    """One teacher's worth of outputs from several: task outputs (logits, class axis 1) become
+    ``T * log(mean_i softmax(z_i / T))``, so a term softening them at T sees exactly the mean of the
+    teachers' softened probabilities; taps are averaged where every teacher's shape agrees."""
+    merged: Outputs = {}
+    for key in set.intersection(*(set(o) for o in outputs)):
+        values = [o[key].float() for o in outputs]
+        if any(v.shape != values[0].shape for v in values):
+            continue
+        if key.startswith(TAP_PREFIX):
+            merged[key] = torch.stack(values).mean(0)
+        else:
+            probs = torch.stack([(v / temperature).softmax(dim=1) for v in values]).mean(0)
+            merged[key] = temperature * probs.clamp_min(1e-12).log()
+    return merged
 
 
 class Distiller(nn.Module):
-    """Student + frozen teacher + terms.
+    """Student + frozen teachers + terms.
 
-    In train mode ``forward(batch)`` returns ``{"loss", "parts", "student", "teacher"}``; in eval mode it
-    returns the student's outputs only. ``teacher=None`` gives plain supervised training.
+    In train mode ``forward(batch)`` returns ``{"loss", "parts", "student", "teacher", "teachers"}``
+    (``teacher``: the first teacher's outputs; ``teachers``: every computed teacher's, by name). In eval
+    mode it returns the student's outputs only. No teacher gives plain supervised training.
 
     Args:
         student: module returning a dict of named outputs (a `TappedModel`).
-        teacher: same, or None.
+        teacher: one module, ``{name: module}`` for several, or None.
         task: object with ``loss(outputs, batch)``.
         terms: the weighted distillation terms.
         task_weight: weight of the task loss.
-        teacher_input: maps the batch input to the teacher's input (resize / renormalize), or None.
+        teacher_input: per teacher (same form as `teacher`), maps the batch input to its input, or None.
         schedule: ``epoch -> EpochSettings`` (phases, scheduled weights and parameters), or None.
     """
 
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module | None,
+        teacher: nn.Module | Mapping[str, nn.Module] | None,
         task: TaskLoss,
         terms: Sequence[WeightedTerm] = (),
         task_weight: float = 1.0,
-        teacher_input: nn.Module | None = None,
+        teacher_input: nn.Module | Mapping[str, nn.Module] | None = None,
         schedule: Callable[[int], EpochSettings] | None = None,
     ) -> None:
         super().__init__()
-        if terms and teacher is None:
+        teachers = _named(teacher)
+        if terms and not teachers:
             raise ValueError("distillation terms need a teacher; set teacher or remove distill.terms.")
         self.student = student
-        self.teacher = teacher
+        self.teachers = nn.ModuleDict(teachers)
+        inputs = _named(teacher_input)
+        self.teacher_inputs = nn.ModuleDict({n: inputs.get(n, nn.Identity()) for n in teachers})
         self.task = task
         self.terms = nn.ModuleList(t.term for t in terms)
         self.term_names = [t.name for t in terms]
         self.term_weights = [float(t.weight) for t in terms]
+        first = next(iter(teachers), None)
+        self.term_teachers = [t.teachers or ((first,) if first else ()) for t in terms]
         self.task_weight = float(task_weight)
-        self.teacher_input = teacher_input or nn.Identity()
         self.schedule = schedule
-        if teacher is not None:
-            teacher.requires_grad_(False)
-            teacher.eval()
+        for net in self.teachers.values():
+            net.requires_grad_(False)
+            net.eval()
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The first (usually the only) teacher."""
+        return next(iter(self.teachers.values()), None)
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # frozen: BN statistics and dropout never change
+        for net in self.teachers.values():
+            net.eval()  # frozen: BN statistics and dropout never change
         return self
 
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -86,16 +118,17 @@ class Distiller(nn.Module):
             yield from (p for p in module.parameters() if p.requires_grad)
 
     @torch.no_grad()
-    def setup(self, batch: dict[str, Any]) -> tuple[Outputs, Outputs | None]:
-        """Run one example batch to build shape-dependent term parts; returns both models' outputs."""
+    def setup(self, batch: dict[str, Any]) -> tuple[Outputs, dict[str, Outputs]]:
+        """Run one example batch to build shape-dependent term parts; returns the student's outputs and
+        every teacher's."""
         was_training = self.training
         self.eval()
         student = self.student(batch["input"])
-        teacher = self.teacher_outputs(batch) if self.teacher is not None else None
-        for term in self.terms:
-            term.setup(student, teacher)
+        teachers = self.teacher_outputs(batch, list(self.teachers))
+        for index, term in enumerate(self.terms):
+            term.setup(student, self._view(index, teachers))
         self.train(was_training)
-        return student, teacher
+        return student, teachers
 
     def set_epoch(self, epoch: int) -> EpochSettings | None:
         """Apply the schedule's settings for 0-based `epoch` and tell every term; returns the settings."""
@@ -119,28 +152,53 @@ class Distiller(nn.Module):
             if term.needs_dataset:
                 term.bind_dataset(targets)
 
-    def teacher_outputs(self, batch: dict[str, Any]) -> Outputs:
-        with torch.inference_mode():
-            outputs = self.teacher(self.teacher_input(batch["input"]))
-        # Inference tensors cannot be saved for backward; a clone makes them ordinary constants.
-        return {k: v.clone() for k, v in outputs.items()}
+    def teacher_outputs(self, batch: dict[str, Any], names: Sequence[str]) -> dict[str, Outputs]:
+        """The named teachers' outputs, computed under inference mode."""
+        result = {}
+        for name in names:
+            with torch.inference_mode():
+                outputs = self.teachers[name](self.teacher_inputs[name](batch["input"]))
+            # Inference tensors cannot be saved for backward; a clone makes them ordinary constants.
+            result[name] = {k: v.clone() for k, v in outputs.items()}
+        return result
+
+    def _view(self, index: int, teachers: dict[str, Outputs]) -> Outputs:
+        """What term `index` reads: its teacher's outputs, or the ensemble of its teachers."""
+        names = self.term_teachers[index]
+        if len(names) == 1:
+            return teachers[names[0]]
+        return ensemble_outputs([teachers[n] for n in names], getattr(self.terms[index], "temperature", 1.0))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any] | Outputs:
         student = self.student(batch["input"])
         if not self.training:
             return student
-        # Terms weighted 0 (a task-only phase) are skipped, and so is the teacher when none is active.
-        active = [(n, w, t) for n, w, t in zip(self.term_names, self.term_weights, self.terms, strict=True) if w]
-        teacher = self.teacher_outputs(batch) if self.teacher is not None and active else {}
+        # Terms weighted 0 (a task-only phase) are skipped, and so is a teacher no active term reads.
+        active = [i for i, weight in enumerate(self.term_weights) if weight]
+        needed = list(dict.fromkeys(n for i in active for n in self.term_teachers[i]))
+        teachers = self.teacher_outputs(batch, needed)
         parts: dict[str, torch.Tensor] = {}
         total = student_zero(student)
         if self.task_weight > 0:
             parts["task"] = self.task.loss(student, batch)
             total = total + self.task_weight * parts["task"]
-        for name, weight, term in active:
-            parts[name] = term(student, teacher, batch)
-            total = total + weight * parts[name]
-        return {"loss": total, "parts": parts, "student": student, "teacher": teacher}
+        for i in active:
+            parts[self.term_names[i]] = value = self.terms[i](student, self._view(i, teachers), batch)
+            total = total + self.term_weights[i] * value
+        first = next(iter(self.teachers), None)
+        return {
+            "loss": total,
+            "parts": parts,
+            "student": student,
+            "teacher": teachers.get(first, {}),
+            "teachers": teachers,
+        }
+
+
+def _named(value: nn.Module | Mapping[str, nn.Module] | None) -> dict[str, nn.Module]:
+    if value is None:
+        return {}
+    return dict(value) if isinstance(value, Mapping) else {DEFAULT_TEACHER: value}
 
 
 def student_zero(outputs: Outputs) -> torch.Tensor:

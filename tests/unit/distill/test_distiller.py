@@ -60,7 +60,7 @@ def _ready(**kwargs: Any) -> tuple[Distiller, dict[str, torch.Tensor]]:
 def test_train_mode_returns_loss_parts_and_both_outputs() -> None:
     distiller, batch = _ready()
     out = distiller(batch)
-    assert set(out) == {"loss", "parts", "student", "teacher"}
+    assert set(out) == {"loss", "parts", "student", "teacher", "teachers"}
     assert set(out["parts"]) == {"task", "kd"}
     assert out["loss"].shape == () and out["loss"].dtype == torch.float32
     assert out["student"]["logits"].shape == (6, CLASSES)
