@@ -37,10 +37,12 @@ class DistillTerm(nn.Module):
 
 
 def pick(outputs: Outputs, key: str, role: str) -> torch.Tensor:
-    """``outputs[key]`` as float32 (loss math never runs in fp16), with a clear error when absent."""
+    """``outputs[key]`` in float32, or float64 when given float64 (loss math never runs in fp16/bf16: a
+    log-softmax of fp16 logits overflows), with a clear error when absent."""
     if key not in outputs:
         raise ConfigError(
             f"the {role}'s outputs have no {key!r}; available: {sorted(outputs)}. "
             f"Feature terms read taps as 'feat:<name>': declare them under distill.taps.{role}."
         )
-    return outputs[key].float()
+    value = outputs[key]
+    return value if value.dtype == torch.float64 else value.float()
