@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -17,15 +18,24 @@ def test_recipe_validates_and_its_terms_build(path: Path):
     config = load_config([path])
     for term in config.distill.terms:
         build_term(term.loss, term.params())
-    assert config.teacher is not None or not config.distill.terms
+    assert config.teacher_specs() or not config.distill.terms
 
 
-def test_cross_architecture_taps_exist_in_the_named_models():
+@functools.cache
+def _module_names(name: str) -> frozenset[str]:
     import timm
 
-    config = load_config([Path(__file__).parents[2] / "configs" / "cross_arch_fitnet.yaml"])
-    for role in ("teacher", "student"):
-        spec = getattr(config, role)
-        names = dict(timm.create_model(spec.name, pretrained=False).named_modules())
-        for path in getattr(config.distill.taps, role).values():
-            assert path in names, f"{role} {spec.name} has no module {path}"
+    return frozenset(n for n, _ in timm.create_model(name, pretrained=False).named_modules())
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_taps_exist_in_the_named_models(path: Path):
+    config = load_config([path])
+    models = {**{f"teacher {n}": s for n, s in config.teacher_specs().items()}, "student": config.student}
+    for role, spec in models.items():
+        if spec.source != "timm":
+            continue
+        extra = config.distill.taps.student if role == "student" else config.distill.taps.teacher
+        taps = {**spec.taps, **(extra if role in ("student", "teacher teacher") else {})}
+        missing = [p for p in taps.values() if p not in _module_names(spec.name)]
+        assert not missing, f"{role} {spec.name} has no module {missing}"

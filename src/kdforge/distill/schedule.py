@@ -34,6 +34,15 @@ class EpochSettings:
     params: dict[str, dict[str, float]] = field(default_factory=dict)
     phase: int | None = None  # index of the active phase, None after the last one
 
+    def describe(self) -> str:
+        """``task 0.6, kd 0.3 (temperature 4), fitnet 0.1`` for the console."""
+        terms = [
+            f"{name} {w:.3g}" + "".join(f" ({p} {v:.3g})" for p, v in self.params.get(name, {}).items())
+            for name, w in self.weights.items()
+        ]
+        phase = f" [phase {self.phase + 1}]" if self.phase is not None else ""
+        return ", ".join([f"task {self.task_weight:.3g}", *terms]) + phase
+
     def as_log(self) -> dict[str, float]:
         values = {"task_weight": self.task_weight, "phase": -1 if self.phase is None else self.phase}
         values.update({f"weight/{name}": w for name, w in self.weights.items()})

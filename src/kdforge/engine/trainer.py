@@ -139,8 +139,9 @@ class Trainer:
             self.train_loader.generator.manual_seed(self.cfg.seed * 1_000_003 + state.epoch)
         self.distiller.train()
         settings = self.distiller.set_epoch(state.epoch)
-        if settings is not None:
+        if settings is not None and settings.weights:
             self.logger.log("schedule", state.global_step, {"epoch": state.epoch + 1, **settings.as_log()})
+            self.logger.message(f"epoch {state.epoch + 1} loss weights: {settings.describe()}")
         self.logger.start_epoch(state.epoch, self.train_cfg.epochs, steps, start)
         tic = time.perf_counter()
         for batch in itertools.islice(self.train_loader, steps - start):
