@@ -129,7 +129,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for column in ("loss", "parameters (default)", "reference"):
         table.add_column(column)
     for name in TERMS.names():
-        params, reference = term_signature(name)
+        params, reference = term_signature(name)  # reference: the docstring's first paragraph
         shown = ", ".join(f"{p}={d!r}" if d is not None else f"{p} (required)" for p, d in params.items())
         table.add_row(name, shown, reference)
     Console(width=max(120, Console().width)).print(table)

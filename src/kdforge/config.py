@@ -98,13 +98,15 @@ class DataConfig(_Strict):
 class ScheduledValue(_Strict):
     """A value that changes over epochs: ``{start: 6.0, end: 3.0, schedule: linear}``.
 
-    ``epochs`` is the span of the change (default: the whole run); after it the value stays at ``end``.
+    The change begins at ``start_epoch`` (1-based; e.g. the first epoch after a task-only phase) and spans
+    ``epochs`` epochs (default: to the end of the run); before it the value is ``start``, after it ``end``.
     """
 
     start: float
     end: float
     schedule: Literal["constant", "linear", "cosine"] = "linear"
     epochs: int | None = Field(None, ge=1)
+    start_epoch: int = Field(1, ge=1)
 
 
 def _check_weight(value: float | ScheduledValue) -> float | ScheduledValue:

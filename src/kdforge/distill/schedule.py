@@ -18,8 +18,9 @@ def schedule_value(value: float | ScheduledValue, epoch: int, total_epochs: int)
         return float(value)
     if value.schedule == "constant":
         return value.start
-    span = value.epochs or total_epochs
-    progress = min(1.0, epoch / max(1, span - 1))
+    first = value.start_epoch - 1  # 0-based epoch where the change begins
+    span = value.epochs or max(1, total_epochs - first)
+    progress = min(1.0, max(0.0, (epoch - first) / max(1, span - 1)))
     if value.schedule == "linear":
         return value.start + (value.end - value.start) * progress
     return value.end + (value.start - value.end) * 0.5 * (1.0 + math.cos(math.pi * progress))

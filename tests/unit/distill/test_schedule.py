@@ -105,3 +105,8 @@ def test_run_logs_phases_and_scheduled_values_at_the_right_epochs(make_config):
         (True, True),
         (True, False),
     ]
+
+
+def test_a_schedule_can_start_after_a_warm_up_phase():
+    value = ScheduledValue(start=6.0, end=3.0, start_epoch=3)  # epochs 1-2 task only, change over 3..6
+    assert [schedule_value(value, e, 6) for e in range(6)] == [6.0, 6.0, 6.0, 5.0, 4.0, 3.0]

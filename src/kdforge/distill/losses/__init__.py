@@ -42,7 +42,8 @@ def term_signature(name: str) -> tuple[dict[str, Any], str]:
         for p in inspect.signature(cls.__init__).parameters.values()
         if p.name != "self"
     }
-    return params, (cls.__doc__ or "").strip().split("\n")[0]
+    first_paragraph = (cls.__doc__ or "").strip().split("\n\n")[0]
+    return params, " ".join(line.strip() for line in first_paragraph.splitlines())
 
 
 def build_term(name: str, params: dict[str, Any]) -> DistillTerm:
