@@ -126,12 +126,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from kdforge.distill.losses import TERMS, term_signature
 
     table = Table(title="distillation terms (distill.terms: [{loss: NAME, weight: W, ...parameters}])")
-    for column in ("loss", "parameters (default)", "reference"):
+    for column in ("loss", "inputs", "parameters (default; * schedulable)", "reference"):
         table.add_column(column)
     for name in TERMS.names():
         params, reference = term_signature(name)  # reference: the docstring's first paragraph
-        shown = ", ".join(f"{p}={d!r}" if d is not None else f"{p} (required)" for p, d in params.items())
-        table.add_row(name, shown, reference)
+        cls = TERMS.get(name)
+        shown = ", ".join(
+            (f"{p}={d!r}" if d is not None else f"{p} (required)") + ("*" if p in cls.schedulable else "")
+            for p, d in params.items()
+        )
+        table.add_row(name, cls.inputs, shown, reference)
     Console(width=max(120, Console().width)).print(table)
     return 0
 

@@ -165,7 +165,13 @@ class TermConfig(BaseModel):
             build_term(self.loss, self.params())
             ends = {k: v.end for k, v in self.scheduled_params().items()}
             if ends:
-                build_term(self.loss, {**self.params(), **ends})
+                term = build_term(self.loss, {**self.params(), **ends})
+                fixed = sorted(set(ends) - set(term.schedulable))
+                if fixed:
+                    raise ConfigError(
+                        f"distillation loss {self.loss!r} cannot schedule {', '.join(fixed)} (fixed when it is "
+                        f"built); schedulable: {', '.join(term.schedulable) or 'none'} (and its weight)."
+                    )
         except ConfigError:
             raise
         except RegistryError as exc:

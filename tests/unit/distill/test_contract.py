@@ -173,3 +173,21 @@ def test_bf16_inputs_under_autocast(name: str) -> None:
         value = term(student, teacher, _batch())
     assert value.dtype == torch.float32
     assert torch.isfinite(value)
+
+
+@pytest.mark.parametrize("name", TERMS.names())
+def test_schedulable_parameters_are_read_at_every_step(name: str) -> None:
+    term_class = TERMS.get(name)
+    assert isinstance(term_class.inputs, str) and term_class.inputs, f"{name}: describe its inputs"
+    torch.manual_seed(0)
+    student, teacher = _outputs("student"), _outputs("teacher")
+    term, batch = _ready(name, student, teacher), _batch()
+    for param in term_class.schedulable:
+        assert isinstance(getattr(term, param), float), f"{name}.{param} must be a float attribute"
+        if param == "momentum":  # moves the memory banks, not this step's value
+            continue
+        torch.manual_seed(1)
+        before = term(student, teacher, batch)
+        setattr(term, param, getattr(term, param) * 1.5 + 0.1)
+        torch.manual_seed(1)
+        assert not torch.equal(term(student, teacher, batch), before), f"{name}: {param} is not read per step"

@@ -144,13 +144,21 @@ def _contrast_by_hand(x: torch.Tensor, n: int) -> torch.Tensor:
     return torch.tensor(loss / x.shape[0], dtype=torch.float64)
 
 
-def test_matches_hand_computation_with_fixed_negatives(monkeypatch: pytest.MonkeyPatch) -> None:
+# float64: the term converted with .double() after setup and bind_dataset (embeddings, banks and Z), fed
+# float64, matches the float64 reference to float64 rounding (well inside the spec's 1e-6, which float32
+# math would also meet here). float32: within float32 rounding.
+CRD_TOL = {torch.float64: {"rtol": 1e-9, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-6}}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_matches_hand_computation_with_fixed_negatives(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     n, temperature = 6, 0.5
-    term = _term([0, 0, 1, 1, 2, 2], dims=(3, 5), feat_dim=4, num_negatives=3, temperature=temperature)
+    term = _term([0, 0, 1, 1, 2, 2], dims=(3, 5), feat_dim=4, num_negatives=3, temperature=temperature).to(dtype)
+    assert term.memory_s.dtype == term.embed_s.weight.dtype == term.z_s.dtype == dtype
     negatives = torch.tensor([[2, 4, 5], [3, 4, 2]])
     monkeypatch.setattr(term, "sample_negatives", lambda index: negatives)
-    student, teacher = _outputs(2, dims=(3, 5))
+    student, teacher = ({k: v.detach().to(dtype) for k, v in d.items()} for d in _outputs(2, dims=(3, 5)))
     index = torch.tensor([0, 1])
     bank_s, bank_t = term.memory_s.double(), term.memory_t.double()
 
@@ -167,10 +175,10 @@ def test_matches_hand_computation_with_fixed_negatives(monkeypatch: pytest.Monke
     expected = _contrast_by_hand(out_s / z_s, n) + _contrast_by_hand(out_t / z_t, n)
 
     value = term(student, teacher, {"index": index})
-    assert value.dtype == torch.float32
-    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(term.z_s.double(), z_s, rtol=1e-5, atol=0)
-    torch.testing.assert_close(term.z_t.double(), z_t, rtol=1e-5, atol=0)
+    assert value.dtype == dtype and value.shape == ()
+    torch.testing.assert_close(value.double(), expected, **CRD_TOL[dtype])
+    torch.testing.assert_close(term.z_s.double(), z_s, rtol=CRD_TOL[dtype]["rtol"], atol=0)
+    torch.testing.assert_close(term.z_t.double(), z_t, rtol=CRD_TOL[dtype]["rtol"], atol=0)
 
 
 # --- state, errors --------------------------------------------------------------------------------

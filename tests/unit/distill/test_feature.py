@@ -1,6 +1,9 @@
 """Feature terms at, cosine and smooth_l1 against hand-written float64 formulas.
 
-The terms compute in float32 (``pick`` casts), the references in float64: values agree within ~1e-5.
+``pick`` keeps float64 inputs in float64, and a term converted with ``.double()`` after setup runs its
+adapter in float64 too: fed float64, values match the float64 references to float64 rounding (``rtol=1e-9,
+atol=1e-12``, well inside the spec's 1e-6, which float32 math would also meet on these small tensors).
+Fed float32, terms compute in float32 and values agree within ~1e-5.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from kdforge.distill.losses import build_term
 from kdforge.distill.losses.feature import AttentionTransfer, CosineMatch, SmoothL1Match
 from kdforge.errors import ConfigError
 
-TOL = {"rtol": 1e-5, "atol": 1e-6}
+TOL = {torch.float64: {"rtol": 1e-9, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-6}}
+DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 
 
-def _close(value: torch.Tensor, expected: torch.Tensor) -> None:
-    assert value.dtype == torch.float32 and value.shape == ()
-    torch.testing.assert_close(value.double(), expected, **TOL)
+def _close(value: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+    assert value.dtype == dtype and value.shape == ()
+    torch.testing.assert_close(value.double(), expected, **TOL[dtype])
 
 
 def _blocks(f: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
@@ -44,11 +48,12 @@ def _at(s: torch.Tensor, t: torch.Tensor, **params: float) -> torch.Tensor:
     return build_term("at", {"student": "s", "teacher": "t", **params})({"feat:s": s}, {"feat:t": t}, {})
 
 
+@DTYPES
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
-def test_at_matches_hand_computation(p: float) -> None:
+def test_at_matches_hand_computation(p: float, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(3, 4, 5, 5), torch.randn(3, 7, 5, 5)  # channels may differ
-    _close(_at(s, t, p=p), _at_by_hand(s, t, p))
+    s, t = torch.randn(3, 4, 5, 5, dtype=dtype), torch.randn(3, 7, 5, 5, dtype=dtype)  # channels may differ
+    _close(_at(s, t, p=p), _at_by_hand(s, t, p), dtype)
 
 
 def test_at_is_zero_for_equal_or_rescaled_maps() -> None:
@@ -71,10 +76,11 @@ def test_at_pools_the_larger_teacher_map_to_the_student_size() -> None:
     _close(_at(s, t), _at_by_hand(s, _blocks(t, 2, 2)))
 
 
-def test_at_pools_each_axis_to_the_smaller_size() -> None:
+@DTYPES
+def test_at_pools_each_axis_to_the_smaller_size(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(2, 3, 8, 4), torch.randn(2, 5, 4, 8)  # taller student, wider teacher -> 4 x 4
-    _close(_at(s, t), _at_by_hand(_blocks(s, 2, 1), _blocks(t, 1, 2)))
+    s, t = torch.randn(2, 3, 8, 4, dtype=dtype), torch.randn(2, 5, 4, 8, dtype=dtype)  # taller student, wider teacher
+    _close(_at(s, t), _at_by_hand(_blocks(s.double(), 2, 1), _blocks(t.double(), 1, 2)), dtype)  # both to 4 x 4
 
 
 def test_at_has_no_adapter() -> None:
@@ -96,9 +102,10 @@ def test_at_refuses_non_maps_and_bad_p() -> None:
 
 
 def _ready(name: str, s: torch.Tensor, t: torch.Tensor, **params: object) -> CosineMatch | SmoothL1Match:
+    """The term after setup, converted to the inputs' dtype when float64 (adapter weights included)."""
     term = build_term(name, {"student": "s", "teacher": "t", **params})
     term.setup({"feat:s": s}, {"feat:t": t})
-    return term
+    return term.double() if s.dtype == torch.float64 else term
 
 
 def _value(term: nn.Module, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -121,33 +128,36 @@ def _projected(term: nn.Module, s: torch.Tensor) -> torch.Tensor:
     return s.double() @ term.adapter.proj.weight.detach().double().T
 
 
+@DTYPES
 @pytest.mark.parametrize("shape", [(4, 6), (2, 5, 6)])  # embeddings, tokens
-def test_cosine_matches_hand_computation_with_identity_adapter(shape: tuple[int, ...]) -> None:
+def test_cosine_matches_hand_computation_with_identity_adapter(shape: tuple[int, ...], dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(*shape), torch.randn(*shape)
+    s, t = torch.randn(*shape, dtype=dtype), torch.randn(*shape, dtype=dtype)
     term = _ready("cosine", s, t)
     assert isinstance(term.adapter.proj, nn.Identity) and list(term.parameters()) == []
-    _close(_value(term, s, t), _cosine_by_hand(s, t))
+    _close(_value(term, s, t), _cosine_by_hand(s, t), dtype)
 
 
-def test_cosine_on_maps_is_along_channels_after_projection_and_resize() -> None:
+@DTYPES
+def test_cosine_on_maps_is_along_channels_after_projection_and_resize(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(2, 3, 8, 8), torch.randn(2, 5, 4, 4)
+    s, t = torch.randn(2, 3, 8, 8, dtype=dtype), torch.randn(2, 5, 4, 4, dtype=dtype)
     term = _ready("cosine", s, t)
-    assert isinstance(term.adapter.proj, nn.Conv2d)
+    assert isinstance(term.adapter.proj, nn.Conv2d) and term.adapter.proj.weight.dtype == dtype
     weight = term.adapter.proj.weight.detach().double()[:, :, 0, 0]  # (C_t, C_s)
     projected = torch.einsum("ts,bshw->bthw", weight, s.double())
     # bilinear 8 -> 4 without align_corners samples the centre of each 2x2 block: their mean.
-    _close(_value(term, s, t), _cosine_by_hand(_blocks(projected, 2, 2), t, dim=1))
+    _close(_value(term, s, t), _cosine_by_hand(_blocks(projected, 2, 2), t, dim=1), dtype)
 
 
-def test_cosine_projects_different_widths_with_a_linear_adapter() -> None:
+@DTYPES
+def test_cosine_projects_different_widths_with_a_linear_adapter(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(4, 8), torch.randn(4, 12)
+    s, t = torch.randn(4, 8, dtype=dtype), torch.randn(4, 12, dtype=dtype)
     term = _ready("cosine", s, t)
     assert isinstance(term.adapter.proj, nn.Linear)
     assert term.adapter.proj.weight in set(term.parameters())
-    _close(_value(term, s, t), _cosine_by_hand(_projected(term, s), t))
+    _close(_value(term, s, t), _cosine_by_hand(_projected(term, s), t), dtype)
 
 
 def test_cosine_is_zero_for_equal_or_rescaled_features() -> None:
@@ -170,12 +180,13 @@ def test_cosine_cls_compares_the_first_token_only() -> None:
     assert torch.equal(_value(term, changed, t), _value(term, s, t))
 
 
-def test_smooth_l1_mean_compares_token_averages() -> None:
+@DTYPES
+def test_smooth_l1_mean_compares_token_averages(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(2, 10, 8), torch.randn(2, 17, 12)
+    s, t = torch.randn(2, 10, 8, dtype=dtype), torch.randn(2, 17, 12, dtype=dtype)
     term = _ready("smooth_l1", s, t, tokens="mean")
-    expected = _smooth_l1_by_hand(_projected(term, s.mean(1)), t.mean(1), beta=1.0)
-    _close(_value(term, s, t), expected)
+    expected = _smooth_l1_by_hand(_projected(term, s.double().mean(1)), t.double().mean(1), beta=1.0)
+    _close(_value(term, s, t), expected, dtype)
 
 
 def _grid_by_hand(term: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -186,22 +197,24 @@ def _grid_by_hand(term: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ts,bshw->bthw", term.adapter.proj.weight.detach().double()[:, :, 0, 0], grid)
 
 
-def test_grid_compares_patch_tokens_as_maps_on_the_teacher_grid() -> None:
+@DTYPES
+def test_grid_compares_patch_tokens_as_maps_on_the_teacher_grid(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(2, 1 + 8 * 8, 8), torch.randn(2, 1 + 4 * 4, 12)
+    s, t = torch.randn(2, 1 + 8 * 8, 8, dtype=dtype), torch.randn(2, 1 + 4 * 4, 12, dtype=dtype)
     term = _ready("cosine", s, t, tokens="grid")
     assert isinstance(term.adapter.proj, nn.Conv2d)
     t_grid = t[:, 1:].transpose(1, 2).reshape(2, 12, 4, 4)
     # bilinear 8 -> 4 without align_corners samples the centre of each 2x2 block: their mean.
-    _close(_value(term, s, t), _cosine_by_hand(_blocks(_grid_by_hand(term, s), 2, 2), t_grid, dim=1))
+    _close(_value(term, s, t), _cosine_by_hand(_blocks(_grid_by_hand(term, s), 2, 2), t_grid, dim=1), dtype)
 
 
-def test_vit_student_tokens_meet_a_cnn_teacher_map() -> None:
+@DTYPES
+def test_vit_student_tokens_meet_a_cnn_teacher_map(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(2, 1 + 4 * 4, 8), torch.randn(2, 12, 4, 4)
+    s, t = torch.randn(2, 1 + 4 * 4, 8, dtype=dtype), torch.randn(2, 12, 4, 4, dtype=dtype)
     for tokens in ("all", "grid"):
         term = _ready("smooth_l1", s, t, tokens=tokens)
-        _close(_value(term, s, t), _smooth_l1_by_hand(_grid_by_hand(term, s), t, beta=1.0))
+        _close(_value(term, s, t), _smooth_l1_by_hand(_grid_by_hand(term, s), t, beta=1.0), dtype)
 
 
 def test_all_tokens_with_different_counts_says_how_to_fix() -> None:
@@ -231,21 +244,23 @@ def test_adapter_terms_refuse_vectors_against_maps_and_use_before_setup() -> Non
         SmoothL1Match("s", "t")({"feat:s": torch.zeros(1, 2)}, {"feat:t": torch.zeros(1, 2)}, {})
 
 
+@DTYPES
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 2.0])
-def test_smooth_l1_matches_hand_computation(beta: float) -> None:
+def test_smooth_l1_matches_hand_computation(beta: float, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(3, 4, 5, 5) * 2, torch.randn(3, 4, 5, 5) * 2
+    s, t = torch.randn(3, 4, 5, 5, dtype=dtype) * 2, torch.randn(3, 4, 5, 5, dtype=dtype) * 2
     term = _ready("smooth_l1", s, t, beta=beta)
     assert isinstance(term.adapter.proj, nn.Identity) and list(term.parameters()) == []
-    _close(_value(term, s, t), _smooth_l1_by_hand(s, t, beta))
+    _close(_value(term, s, t), _smooth_l1_by_hand(s, t, beta), dtype)
 
 
-def test_smooth_l1_projects_and_is_zero_for_equal_features() -> None:
+@DTYPES
+def test_smooth_l1_projects_and_is_zero_for_equal_features(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(4, 8), torch.randn(4, 12)
+    s, t = torch.randn(4, 8, dtype=dtype), torch.randn(4, 12, dtype=dtype)
     term = _ready("smooth_l1", s, t)
     assert isinstance(term.adapter.proj, nn.Linear)
-    _close(_value(term, s, t), _smooth_l1_by_hand(_projected(term, s), t, beta=1.0))
+    _close(_value(term, s, t), _smooth_l1_by_hand(_projected(term, s), t, beta=1.0), dtype)
     same = _ready("smooth_l1", s, s)
     assert _value(same, s, s) == 0
 

@@ -1,7 +1,9 @@
 """DKD and DIST against hand-written float64 references, and their properties.
 
-The terms read their inputs through ``pick``, which casts to float32, so values are compared with a
-float64 reference at ``rtol=1e-5, atol=1e-6`` (float32 rounding of sums over a few dozen terms).
+The terms read their inputs through ``pick``, which keeps float64 inputs in float64: fed float64, a value
+must match the float64 reference to float64 rounding (``rtol=1e-9, atol=1e-12``, well inside the spec's
+1e-6, which float32 math would also meet on these small tensors). Fed float32, they compute in float32
+and match within ``rtol=1e-5, atol=1e-6`` (float32 rounding of sums over a few dozen terms).
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from kdforge.distill.losses import build_term
 from kdforge.distill.losses.logit import DIST, DKD, kd_divergence
 from kdforge.errors import ConfigError
 
-TOL = {"rtol": 1e-5, "atol": 1e-6}
+TOL = {"rtol": 1e-5, "atol": 1e-6}  # float32 inputs
+TOLS = {torch.float64: {"rtol": 1e-9, "atol": 1e-12}, torch.float32: TOL}
+DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+
+
+def _close(value: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    assert value.dtype == dtype and value.shape == ()
+    torch.testing.assert_close(value.double(), expected, **TOLS[dtype])
 
 
 def _softmax(row: list[float]) -> list[float]:
@@ -66,9 +75,11 @@ def _dist_by_hand(student, teacher, beta, gamma, tau) -> torch.Tensor:
     return torch.tensor(tau**2 * (beta * inter + gamma * intra), dtype=torch.float64)
 
 
-def _logits(*shape: int, seed: int = 0, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+def _logits(
+    *shape: int, seed: int = 0, scale: float = 3.0, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen) * scale, torch.randn(*shape, generator=gen) * scale
+    return tuple((torch.randn(*shape, generator=gen) * scale).to(dtype) for _ in range(2))
 
 
 def _dkd(term: DKD, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -78,15 +89,14 @@ def _dkd(term: DKD, student: torch.Tensor, teacher: torch.Tensor, target: torch.
 # --- dkd ------------------------------------------------------------------------------------------
 
 
+@DTYPES
 @pytest.mark.parametrize(("alpha", "beta", "temperature"), [(1.0, 8.0, 4.0), (0.5, 2.0, 1.0), (2.0, 0.0, 2.5)])
-def test_dkd_matches_hand_computation(alpha: float, beta: float, temperature: float) -> None:
-    student, teacher = _logits(6, 7)
+def test_dkd_matches_hand_computation(alpha: float, beta: float, temperature: float, dtype: torch.dtype) -> None:
+    student, teacher = _logits(6, 7, dtype=dtype)
     target = torch.tensor([0, 3, 6, 2, 2, 5])
     term = DKD(alpha=alpha, beta=beta, temperature=temperature, warmup=0)
     value = _dkd(term, student, teacher, target)
-    assert value.dtype == torch.float32 and value.shape == ()
-    expected = _dkd_by_hand(student, teacher, target, alpha, beta, temperature)
-    torch.testing.assert_close(value.double(), expected, **TOL)
+    _close(value, _dkd_by_hand(student, teacher, target, alpha, beta, temperature), dtype)
 
 
 def _mdistiller_dkd_loss(logits_student, logits_teacher, target, alpha, beta, temperature):
@@ -104,13 +114,14 @@ def _mdistiller_dkd_loss(logits_student, logits_teacher, target, alpha, beta, te
     return alpha * tckd + beta * nckd
 
 
-def test_dkd_matches_the_authors_code_with_its_warmup() -> None:
-    student, teacher = _logits(8, 10, seed=5)
+@DTYPES
+def test_dkd_matches_the_authors_code_with_its_warmup(dtype: torch.dtype) -> None:
+    student, teacher = _logits(8, 10, seed=5, dtype=dtype)
     target = torch.tensor([0, 9, 3, 3, 7, 1, 2, 5])
     term = DKD(warmup=20)
     term.set_epoch(4)  # mdistiller's epoch 5 (1-based): factor 5 / 20
     expected = 5 / 20 * _mdistiller_dkd_loss(student.double(), teacher.double(), target, 1.0, 8.0, 4.0)
-    torch.testing.assert_close(_dkd(term, student, teacher, target).double(), expected, **TOL)
+    _close(_dkd(term, student, teacher, target), expected, dtype)
 
 
 def test_dkd_defaults_are_mdistillers_cifar_config() -> None:
@@ -149,13 +160,14 @@ def test_dkd_before_any_set_epoch_uses_the_first_epochs_factor() -> None:
     assert DKD(warmup=20).warmup_factor() == pytest.approx(1 / 20)
 
 
-def test_dkd_ignores_unlabelled_samples() -> None:
-    student, teacher = _logits(6, 5, seed=1)
+@DTYPES
+def test_dkd_ignores_unlabelled_samples(dtype: torch.dtype) -> None:
+    student, teacher = _logits(6, 5, seed=1, dtype=dtype)
     student.requires_grad_()
     target = torch.tensor([2, -1, 0, -1, 4, 1])
     value = _dkd(DKD(warmup=0), student, teacher, target)
     labelled = target >= 0
-    torch.testing.assert_close(value.double(), _dkd_by_hand(student, teacher, target, 1.0, 8.0, 4.0), **TOL)
+    _close(value, _dkd_by_hand(student, teacher, target, 1.0, 8.0, 4.0), dtype)
     only_labelled = _dkd(DKD(warmup=0), student[labelled], teacher[labelled], target[labelled])
     torch.testing.assert_close(value, only_labelled)  # averaged over the 4 labelled samples, not 6
     value.backward()
@@ -211,12 +223,12 @@ def test_dkd_rejects_bad_parameters(params: dict, message: str) -> None:
 # --- dist -----------------------------------------------------------------------------------------
 
 
+@DTYPES
 @pytest.mark.parametrize(("beta", "gamma", "tau"), [(1.0, 1.0, 1.0), (2.0, 0.5, 4.0), (0.0, 1.0, 2.0)])
-def test_dist_matches_hand_computation(beta: float, gamma: float, tau: float) -> None:
-    student, teacher = _logits(6, 7)
+def test_dist_matches_hand_computation(beta: float, gamma: float, tau: float, dtype: torch.dtype) -> None:
+    student, teacher = _logits(6, 7, dtype=dtype)
     value = DIST(beta=beta, gamma=gamma, temperature=tau)({"logits": student}, {"logits": teacher}, {})
-    assert value.dtype == torch.float32 and value.shape == ()
-    torch.testing.assert_close(value.double(), _dist_by_hand(student, teacher, beta, gamma, tau), **TOL)
+    _close(value, _dist_by_hand(student, teacher, beta, gamma, tau), dtype)
 
 
 def test_dist_defaults_are_the_authors() -> None:
@@ -224,11 +236,12 @@ def test_dist_defaults_are_the_authors() -> None:
     assert (term.beta, term.gamma, term.temperature) == (1.0, 1.0, 1.0)
 
 
-def test_dist_dense_logits_count_every_position_as_a_row() -> None:
-    student, teacher = _logits(2, 3, 4, 5, scale=1.0)  # (B, C, H, W)
+@DTYPES
+def test_dist_dense_logits_count_every_position_as_a_row(dtype: torch.dtype) -> None:
+    student, teacher = _logits(2, 3, 4, 5, scale=1.0, dtype=dtype)  # (B, C, H, W)
     value = DIST(temperature=2.0)({"logits": student}, {"logits": teacher}, {})
     rows = lambda z: z.permute(0, 2, 3, 1).reshape(-1, 3)  # noqa: E731  (B*H*W, C)
-    torch.testing.assert_close(value.double(), _dist_by_hand(rows(student), rows(teacher), 1.0, 1.0, 2.0), **TOL)
+    _close(value, _dist_by_hand(rows(student), rows(teacher), 1.0, 1.0, 2.0), dtype)
 
 
 def test_dist_is_zero_when_student_equals_teacher_and_positive_otherwise() -> None:

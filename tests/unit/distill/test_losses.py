@@ -25,6 +25,18 @@ def _kd_by_hand(student: torch.Tensor, teacher: torch.Tensor, temperature: float
     return temperature**2 * (p_t * (p_t.log() - p_s.log())).sum() / student.shape[0]
 
 
+# float64 inputs stay float64 through ``pick``, so the value agrees with the float64 reference to float64
+# rounding: far inside the spec's 1e-6, which float32 math would also meet on these small tensors and so
+# could not tell apart. float32 inputs compute in float32: within float32 rounding of the reference.
+TOL = {torch.float64: {"rtol": 1e-9, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-7}}
+DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+
+
+def _close(value: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    assert value.dtype == dtype and value.shape == ()
+    torch.testing.assert_close(value.double(), expected, **TOL[dtype])
+
+
 def _outputs(batch: int = 3, classes: int = 5, channels: int = 4, size: int = 6, grad: bool = False) -> dict:
     return {
         "logits": torch.randn(batch, classes, requires_grad=grad),
@@ -35,31 +47,33 @@ def _outputs(batch: int = 3, classes: int = 5, channels: int = 4, size: int = 6,
 # --- kd -------------------------------------------------------------------------------------------
 
 
-def test_kd_matches_hand_computation() -> None:
-    student = torch.tensor([[1.0, 2.0, 0.5, -1.0], [0.0, -0.5, 3.0, 1.0]])
-    teacher = torch.tensor([[2.0, 1.0, 0.0, -2.0], [0.5, 0.5, 2.0, 0.0]])
+@DTYPES
+def test_kd_matches_hand_computation(dtype: torch.dtype) -> None:
+    student = torch.tensor([[1.0, 2.0, 0.5, -1.0], [0.0, -0.5, 3.0, 1.0]], dtype=dtype)
+    teacher = torch.tensor([[2.0, 1.0, 0.0, -2.0], [0.5, 0.5, 2.0, 0.0]], dtype=dtype)
     term = build_term("kd", {"temperature": 4.0})
     value = term({"logits": student}, {"logits": teacher}, {})
-    assert value.dtype == torch.float32
-    assert value.shape == ()
-    torch.testing.assert_close(value.double(), _kd_by_hand(student, teacher, 4.0), rtol=1e-5, atol=1e-7)
+    _close(value, _kd_by_hand(student, teacher, 4.0), dtype)
 
 
+@DTYPES
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 7.5])
-def test_kd_matches_hand_computation_at_several_temperatures(temperature: float) -> None:
+def test_kd_matches_hand_computation_at_several_temperatures(temperature: float, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    student, teacher = torch.randn(6, 10) * 3, torch.randn(6, 10) * 3
-    value = kd_divergence(student, teacher, temperature)
-    torch.testing.assert_close(value.double(), _kd_by_hand(student, teacher, temperature), rtol=1e-5, atol=1e-7)
+    student, teacher = (torch.randn(6, 10) * 3).to(dtype), (torch.randn(6, 10) * 3).to(dtype)
+    value = HintonKD(temperature=temperature)({"logits": student}, {"logits": teacher}, {})
+    _close(value, _kd_by_hand(student, teacher, temperature), dtype)
+    torch.testing.assert_close(kd_divergence(student, teacher, temperature), value)
 
 
-def test_kd_dense_logits_count_every_position_as_a_sample() -> None:
+@DTYPES
+def test_kd_dense_logits_count_every_position_as_a_sample(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    student, teacher = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)  # (B, C, H, W)
+    student, teacher = torch.randn(2, 3, 4, 5, dtype=dtype), torch.randn(2, 3, 4, 5, dtype=dtype)  # (B, C, H, W)
     value = HintonKD(temperature=2.0)({"logits": student}, {"logits": teacher}, {})
     rows = lambda z: z.permute(0, 2, 3, 1).reshape(-1, 3)  # noqa: E731  (B*H*W, C)
     expected = _kd_by_hand(rows(student), rows(teacher), 2.0)  # mean over the 2*4*5 positions
-    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-7)
+    _close(value, expected, dtype)
 
 
 def test_kd_is_zero_for_identical_logits_and_positive_otherwise() -> None:
@@ -133,14 +147,15 @@ def test_fitnet_builds_linear_on_last_axis_for_tokens() -> None:
     assert value.shape == ()
 
 
-def test_fitnet_identity_when_shapes_match() -> None:
+@DTYPES
+def test_fitnet_identity_when_shapes_match(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    s, t = torch.randn(2, 4, 6, 6, dtype=dtype), torch.randn(2, 4, 6, 6, dtype=dtype)
     term = _fitnet(s, t)
     assert isinstance(term.adapter.proj, nn.Identity)
     assert list(term.parameters()) == []
     value = term({"feat:s": s}, {"feat:t": t}, {})
-    torch.testing.assert_close(value, ((s - t) ** 2).mean())
+    _close(value, ((s.double() - t.double()) ** 2).sum() / s.numel(), dtype)
 
 
 def test_fitnet_resizes_to_the_teacher_map() -> None:
@@ -155,14 +170,17 @@ def test_fitnet_resizes_to_the_teacher_map() -> None:
     torch.testing.assert_close(term({"feat:s": s}, {"feat:t": t}, {}), ((adapted - t) ** 2).mean())
 
 
-def test_fitnet_value_is_mse_after_projection() -> None:
+@DTYPES
+def test_fitnet_value_is_mse_after_projection(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)
-    term = _fitnet(s, t)
-    weight = term.adapter.proj.weight[:, :, 0, 0]  # (C_t, C_s)
-    projected = torch.einsum("ts,bshw->bthw", weight, s)
-    expected = ((nn.functional.avg_pool2d(projected, 2) - t) ** 2).mean()
-    torch.testing.assert_close(term({"feat:s": s}, {"feat:t": t}, {}), expected)
+    term = _fitnet(s, t).to(dtype)  # float64: the 1x1 conv too (.double() after setup, as for the inputs)
+    s, t = s.to(dtype), t.to(dtype)
+    weight = term.adapter.proj.weight.detach().double()[:, :, 0, 0]  # (C_t, C_s)
+    projected = torch.einsum("ts,bshw->bthw", weight, s.double())  # (2, 5, 4, 4)
+    # bilinear 4 -> 2 without align_corners samples the centre of each 2x2 block: their mean.
+    resized = projected.reshape(2, 5, 2, 2, 2, 2).mean((3, 5))
+    _close(term({"feat:s": s}, {"feat:t": t}, {}), ((resized - t.double()) ** 2).mean(), dtype)
 
 
 def test_fitnet_before_setup_says_so() -> None:

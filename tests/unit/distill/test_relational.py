@@ -1,6 +1,8 @@
 """Relational terms sp, rkd and pkt against hand-written float64 formulas (loops over samples).
 
-The terms compute in float32 (``pick`` casts), the references in float64: values agree within ~1e-5.
+``pick`` keeps float64 inputs in float64: fed float64, values match the float64 references to float64
+rounding (``rtol=1e-9, atol=1e-12``, well inside the spec's 1e-6, which float32 math would also meet on
+these small tensors). Fed float32 (or bf16), the terms compute in float32 and agree within ~1e-5.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import torch
 from kdforge.distill.losses import build_term
 from kdforge.errors import ConfigError
 
-TOL = {"rtol": 1e-5, "atol": 1e-6}
+TOL = {torch.float64: {"rtol": 1e-9, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-6}}
+DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 
 
 def _value(name: str, s: torch.Tensor, t: torch.Tensor, **params: float) -> torch.Tensor:
@@ -22,9 +25,9 @@ def _value(name: str, s: torch.Tensor, t: torch.Tensor, **params: float) -> torc
     return term({"feat:s": s}, {"feat:t": t}, {})
 
 
-def _close(value: torch.Tensor, expected: torch.Tensor) -> None:
-    assert value.dtype == torch.float32 and value.shape == ()
-    torch.testing.assert_close(value.double(), expected, **TOL)
+def _close(value: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+    assert value.dtype == dtype and value.shape == ()
+    torch.testing.assert_close(value.double(), expected, **TOL[dtype])
 
 
 def _rows(f: torch.Tensor) -> list[torch.Tensor]:
@@ -50,12 +53,13 @@ def _sp_by_hand(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return ((gram(s) - gram(t)) ** 2).sum() / len(s) ** 2
 
 
-def test_sp_matches_hand_computation_across_shapes() -> None:
+@DTYPES
+def test_sp_matches_hand_computation_across_shapes(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(5, 4, 6, 6), torch.randn(5, 6, 3, 3)  # maps of different channels and sizes
-    _close(_value("sp", s, t), _sp_by_hand(s, t))
-    v_s, v_t = torch.randn(5, 8), torch.randn(5, 12)
-    _close(_value("sp", v_s, v_t), _sp_by_hand(v_s, v_t))
+    s, t = torch.randn(5, 4, 6, 6, dtype=dtype), torch.randn(5, 6, 3, 3, dtype=dtype)  # other channels and sizes
+    _close(_value("sp", s, t), _sp_by_hand(s, t), dtype)
+    v_s, v_t = torch.randn(5, 8, dtype=dtype), torch.randn(5, 12, dtype=dtype)
+    _close(_value("sp", v_s, v_t), _sp_by_hand(v_s, v_t), dtype)
 
 
 def test_sp_is_zero_for_equal_or_rescaled_features() -> None:
@@ -94,18 +98,20 @@ def _rkd_by_hand(s: torch.Tensor, t: torch.Tensor, w_d: float = 25.0, w_a: float
     return w_d * _smooth_l1(distances(s), distances(t)) + w_a * _smooth_l1(angles(s), angles(t))
 
 
-def test_rkd_matches_hand_computation() -> None:
+@DTYPES
+def test_rkd_matches_hand_computation(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(5, 8), torch.randn(5, 12)
-    _close(_value("rkd", s, t), _rkd_by_hand(s, t))
+    s, t = torch.randn(5, 8, dtype=dtype), torch.randn(5, 12, dtype=dtype)
+    _close(_value("rkd", s, t), _rkd_by_hand(s, t), dtype)
 
 
-def test_rkd_weights_select_the_distance_and_angle_parts() -> None:
+@DTYPES
+def test_rkd_weights_select_the_distance_and_angle_parts(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(4, 2, 3, 3), torch.randn(4, 3, 2, 2)  # maps are flattened
-    _close(_value("rkd", s, t, angle_weight=0.0), _rkd_by_hand(s, t, 25.0, 0.0))
-    _close(_value("rkd", s, t, distance_weight=0.0), _rkd_by_hand(s, t, 0.0, 50.0))
-    _close(_value("rkd", s, t, distance_weight=1.0, angle_weight=2.0), _rkd_by_hand(s, t, 1.0, 2.0))
+    s, t = torch.randn(4, 2, 3, 3, dtype=dtype), torch.randn(4, 3, 2, 2, dtype=dtype)  # maps are flattened
+    _close(_value("rkd", s, t, angle_weight=0.0), _rkd_by_hand(s, t, 25.0, 0.0), dtype)
+    _close(_value("rkd", s, t, distance_weight=0.0), _rkd_by_hand(s, t, 0.0, 50.0), dtype)
+    _close(_value("rkd", s, t, distance_weight=1.0, angle_weight=2.0), _rkd_by_hand(s, t, 1.0, 2.0), dtype)
 
 
 def test_rkd_is_zero_for_equal_shifted_or_rescaled_embeddings() -> None:
@@ -142,11 +148,12 @@ def _pkt_by_hand(s: torch.Tensor, t: torch.Tensor, eps: float = 1e-7) -> torch.T
     return (p_t * ((p_t + eps) / (p_s + eps)).log()).sum() / len(s) ** 2  # mean over the B x B entries
 
 
+@DTYPES
 @pytest.mark.parametrize("eps", [1e-7, 1e-3])
-def test_pkt_matches_hand_computation(eps: float) -> None:
+def test_pkt_matches_hand_computation(eps: float, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    s, t = torch.randn(6, 8), torch.randn(6, 12)
-    _close(_value("pkt", s, t, eps=eps), _pkt_by_hand(s, t, eps))
+    s, t = torch.randn(6, 8, dtype=dtype), torch.randn(6, 12, dtype=dtype)
+    _close(_value("pkt", s, t, eps=eps), _pkt_by_hand(s, t, eps), dtype)
 
 
 def test_pkt_is_zero_for_equal_or_rescaled_features() -> None:

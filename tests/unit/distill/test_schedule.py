@@ -110,3 +110,10 @@ def test_run_logs_phases_and_scheduled_values_at_the_right_epochs(make_config):
 def test_a_schedule_can_start_after_a_warm_up_phase():
     value = ScheduledValue(start=6.0, end=3.0, start_epoch=3)  # epochs 1-2 task only, change over 3..6
     assert [schedule_value(value, e, 6) for e in range(6)] == [6.0, 6.0, 6.0, 5.0, 4.0, 3.0]
+
+
+def test_a_parameter_fixed_at_build_cannot_be_scheduled():
+    with pytest.raises((ConfigError, ValueError), match="cannot schedule num_negatives.*schedulable: temperature"):
+        DistillConfig.model_validate(
+            {"terms": [{"loss": "crd", "student": "f", "teacher": "f", "num_negatives": {"start": 8, "end": 16}}]}
+        )

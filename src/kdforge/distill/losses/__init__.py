@@ -1,8 +1,8 @@
 """Distillation terms: one registry, one family per file.
 
 A term is an `nn.Module` called as ``term(student_outputs, teacher_outputs, batch)`` that returns a
-float32 scalar. Terms that need adapters build them in ``setup`` from example outputs; adapters are
-trained with the student and never exported with it.
+float32 scalar (float64 for float64 inputs). Terms that need adapters build them in ``setup`` from example
+outputs; adapters are trained with the student and never exported with it.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ Outputs = dict[str, torch.Tensor]
 
 
 class DistillTerm(nn.Module):
-    """Base class: ``forward(student, teacher, batch) -> scalar`` computed in float32.
+    """Base class: ``forward(student, teacher, batch) -> scalar`` computed in float32 (float64 when the
+    inputs are float64, for tests against float64 references).
 
     Optional hooks: ``setup`` (shapes), ``bind_dataset`` (when ``needs_dataset``), ``set_epoch``.
     State a term must keep across a resume (memory banks) belongs in buffers: checkpoints save the
@@ -22,6 +23,8 @@ class DistillTerm(nn.Module):
     """
 
     needs_dataset = False  # True: the pipeline calls bind_dataset with the training labels before training
+    inputs = ""  # what it reads, for `kdforge methods`
+    schedulable: tuple[str, ...] = ()  # parameters read from attributes at every step, so they may be scheduled
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         """Build shape-dependent parts (adapters) from one example batch's outputs."""

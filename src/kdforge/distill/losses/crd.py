@@ -59,6 +59,9 @@ class CRD(DistillTerm):
         negatives_from_other_classes: draw negatives from other classes when labels exist.
     """
 
+    inputs = "features (taps), sample index and labels"
+    schedulable = ("temperature", "momentum")
+
     needs_dataset = True
 
     def __init__(

@@ -23,8 +23,13 @@ ATTENTION_EPS = 1e-8  # clamp before log: attention rows may hold exact zeros (m
 
 
 def _read(outputs: Outputs, name: str, role: str) -> torch.Tensor:
-    """``outputs[name]`` if present, else the tap ``feat:<name>``; float32 (see ``pick``)."""
+    """``outputs[name]`` if present, else the tap ``feat:<name>``; float32, or float64 if given (see ``pick``)."""
     return pick(outputs, name if name in outputs else tap_key(name), role)
+
+
+def _float32_or_64(x: torch.Tensor) -> torch.Tensor:
+    """An adapted/resized map (bf16 under autocast) in float32, or float64 when float64, as ``pick`` reads."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _check_map(x: torch.Tensor, term: str, role: str, name: str) -> None:
@@ -50,8 +55,8 @@ def expose_attention(model: nn.Module) -> list[str]:
     ``blocks.<i>.attn.attn_drop`` yields (B, heads, N, N) rows that sum to 1 (exactly so when the
     module's ``attn_drop`` rate is 0, timm's default, or in eval mode). The unfused path is slower and
     uses O(N^2) memory per head. ``timm.layers.set_fused_attn(False)`` only affects modules built
-    afterwards, hence this per-module switch. The pipeline calls it on models with attention taps
-    (a later step); call it yourself when building a ``TappedModel`` by hand.
+    afterwards, hence this per-module switch. The pipeline calls it on the student and every teacher when
+    an ``attention`` term is configured; call it yourself when building a ``TappedModel`` by hand.
 
     Returns:
         The names of the modules switched (empty when the model has no fused attention).
@@ -82,6 +87,9 @@ class ChannelWiseDistillation(DistillTerm):
         temperature: tau > 0.
     """
 
+    inputs = "feature maps or dense logits"
+    schedulable = ("temperature",)
+
     def __init__(self, student: str, teacher: str, temperature: float = 1.0) -> None:
         super().__init__()
         self.student_key, self.teacher_key = student, teacher
@@ -98,7 +106,7 @@ class ChannelWiseDistillation(DistillTerm):
     def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
         if self.adapter is None:
             raise RuntimeError("cwd term used before setup(); the Distiller calls it on the first batch.")
-        s = self.adapter(_read(student, self.student_key, "student")).float()  # (B, C, H, W)
+        s = _float32_or_64(self.adapter(_read(student, self.student_key, "student")))  # (B, C, H, W)
         t = _read(teacher, self.teacher_key, "teacher")
         n, c = t.shape[:2]
         log_p_s = F.log_softmax(s.flatten(2) / self.temperature, dim=-1)  # (B, C, H*W)
@@ -128,6 +136,9 @@ class PixelKL(DistillTerm):
         ignore_index: target value of pixels to leave out (255: the Cityscapes/ADE20K/VOC convention).
     """
 
+    inputs = "dense logits (B, K, H, W)"
+    schedulable = ("temperature",)
+
     def __init__(
         self, temperature: float = 1.0, student: str = "logits", teacher: str = "logits", ignore_index: int = 255
     ) -> None:
@@ -150,7 +161,7 @@ class PixelKL(DistillTerm):
                 "Use cwd (which adapts channels) for maps with different channels."
             )
         if s.shape[2:] != t.shape[2:]:
-            s = F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False).float()
+            s = _float32_or_64(F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False))
         return s, t
 
     def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
@@ -190,6 +201,8 @@ class AttentionKL(DistillTerm):
         teacher: tap name (or output key) of the teacher's attention probabilities.
         heads: ``"mean"`` or ``"match"``.
     """
+
+    inputs = "attention probabilities (B, heads, N, N) (taps)"
 
     def __init__(self, student: str, teacher: str, heads: str = "mean") -> None:
         super().__init__()

@@ -14,6 +14,11 @@ from kdforge.errors import ConfigError
 from kdforge.models.taps import tap_key
 
 
+def _float32_or_64(x: torch.Tensor) -> torch.Tensor:
+    """An adapter output (bf16 under autocast) in float32, or float64 when float64, as ``pick`` reads inputs."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 @TERMS.register("fitnet")
 class FitNet(DistillTerm):
     """Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015.
@@ -25,6 +30,8 @@ class FitNet(DistillTerm):
         student: tap name of the student feature (``distill.taps.student``).
         teacher: tap name of the teacher feature (``distill.taps.teacher``).
     """
+
+    inputs = "feature maps, embeddings or ViT tokens (taps)"
 
     def __init__(self, student: str, teacher: str) -> None:
         super().__init__()
@@ -40,7 +47,7 @@ class FitNet(DistillTerm):
         if self.adapter is None:
             raise RuntimeError("fitnet term used before setup(); the Distiller calls it on the first batch.")
         s = self.adapter(pick(student, self.student_key, "student"))
-        return F.mse_loss(s.float(), self.adapter.teacher_view(pick(teacher, self.teacher_key, "teacher")))
+        return F.mse_loss(_float32_or_64(s), self.adapter.teacher_view(pick(teacher, self.teacher_key, "teacher")))
 
 
 @TERMS.register("at")
@@ -59,6 +66,9 @@ class AttentionTransfer(DistillTerm):
         teacher: tap name of a teacher feature map (B, C_t, H_t, W_t).
         p: exponent of the activation magnitudes (default 2).
     """
+
+    inputs = "feature maps (taps)"
+    schedulable = ("p",)
 
     def __init__(self, student: str, teacher: str, p: float = 2.0) -> None:
         super().__init__()
@@ -157,7 +167,7 @@ class _AdaptedMatch(DistillTerm):
             raise RuntimeError(f"{self.name} term used before setup(); the Distiller calls it on the first batch.")
         s, t = self._pair(student, teacher)
         # The adapter may run in bf16 under autocast; teacher_view turns teacher tokens into a map where needed.
-        return self.distance(self.adapter(s).float(), self.adapter.teacher_view(t))
+        return self.distance(_float32_or_64(self.adapter(s)), self.adapter.teacher_view(t))
 
     def distance(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -182,6 +192,8 @@ class CosineMatch(_AdaptedMatch):
             tokens dropped, resized to the teacher's grid).
     """
 
+    inputs = "feature maps, embeddings or ViT tokens (taps)"
+
     name = "cosine"
 
     def distance(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -205,6 +217,9 @@ class SmoothL1Match(_AdaptedMatch):
         beta: where the loss turns from quadratic to linear (>= 0; 0 is plain L1).
         tokens: token rule as for ``cosine`` (default ``"all"``).
     """
+
+    inputs = "feature maps, embeddings or ViT tokens (taps)"
+    schedulable = ("beta",)
 
     name = "smooth_l1"
 

@@ -41,6 +41,9 @@ class HintonKD(DistillTerm):
         teacher: key of the teacher's logits in its outputs.
     """
 
+    inputs = "logits (B, C) or dense logits (B, C, H, W)"
+    schedulable = ("temperature",)
+
     def __init__(self, temperature: float = 4.0, student: str = "logits", teacher: str = "logits") -> None:
         super().__init__()
         if temperature <= 0:
@@ -98,6 +101,9 @@ class DKD(DistillTerm):
         student: key of the student's (B, C) logits in its outputs.
         teacher: key of the teacher's (B, C) logits in its outputs.
     """
+
+    inputs = "logits (B, C) and labels"
+    schedulable = ("alpha", "beta", "temperature")
 
     def __init__(
         self,
@@ -186,6 +192,9 @@ class DIST(DistillTerm):
         student: key of the student's logits in its outputs.
         teacher: key of the teacher's logits in its outputs.
     """
+
+    inputs = "logits (B, C) or dense logits"
+    schedulable = ("beta", "gamma", "temperature")
 
     def __init__(
         self,

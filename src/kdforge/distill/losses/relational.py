@@ -19,7 +19,7 @@ from kdforge.models.taps import tap_key
 
 
 class _BatchRelation(DistillTerm):
-    """Reads the two taps as (B, -1) float32 matrices; subclasses define ``relate(s, t)``."""
+    """Reads the two taps as (B, -1) float32 matrices (float64 if given); subclasses define ``relate(s, t)``."""
 
     name = ""
     min_batch = 1
@@ -58,6 +58,8 @@ class SimilarityPreserving(_BatchRelation):
         teacher: tap name of the teacher feature.
     """
 
+    inputs = "any features (taps), compared within the batch"
+
     name = "sp"
 
     def relate(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -84,6 +86,9 @@ class RelationalKD(_BatchRelation):
         distance_weight: w_d, weight of the distance-wise term.
         angle_weight: w_a, weight of the angle-wise term.
     """
+
+    inputs = "embeddings (taps), compared within the batch"
+    schedulable = ("distance_weight", "angle_weight")
 
     name = "rkd"
     min_batch = 2  # one sample has no pair, so no distance to normalise by
@@ -130,6 +135,8 @@ class ProbabilisticKT(_BatchRelation):
         teacher: tap name of the teacher feature.
         eps: added to norms and probabilities, as in the authors' code.
     """
+
+    inputs = "embeddings (taps), compared within the batch"
 
     name = "pkt"
 
