@@ -109,6 +109,12 @@ class ScheduledValue(_Strict):
     start_epoch: int = Field(1, ge=1)
 
 
+def _term_class(loss: str) -> Any:
+    from kdforge.distill.losses import TERMS  # the registry imports models, which import us
+
+    return TERMS.get(loss)
+
+
 def _check_weight(value: float | ScheduledValue) -> float | ScheduledValue:
     values = (value.start, value.end) if isinstance(value, ScheduledValue) else (value,)
     if any(v < 0 for v in values):
@@ -199,6 +205,13 @@ class PhaseConfig(_Strict):
     task_weight: float | None = Field(None, ge=0.0)
     scale_terms: float | None = Field(None, ge=0.0)
     weights: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("weights")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for weight in value.values():
+            _check_weight(weight)
+        return value
 
 
 class DistillConfig(_Strict):
@@ -365,7 +378,17 @@ class RunConfig(_Strict):
         names = list(self.teacher_specs())
         if self.distill.terms and not names:
             raise ConfigError("distill.terms are set but there is no teacher; set teacher or remove the terms.")
+        if self.teachers and self.distill.taps.teacher:
+            raise ConfigError(
+                "distill.taps.teacher applies to a single `teacher`; with `teachers`, put each one's taps on its "
+                "spec: teachers: {name: {..., taps: {tap_name: module.path}}}."
+            )
         for term in self.distill.terms:
+            if len(term.teachers or []) > 1 and not _term_class(term.loss).ensemble:
+                raise ConfigError(
+                    f"distillation loss {term.loss!r} cannot read an ensemble of teachers {term.teachers}: only logit "
+                    "terms (kd, dkd, dist, pixel_kl) can. Give it one teacher, or one term per teacher."
+                )
             for name in term.teachers or []:
                 if name not in names:
                     raise ConfigError(

@@ -258,3 +258,12 @@ def test_attention_term_on_timm_vits_with_different_head_counts() -> None:
     value.backward()
     assert torch.isfinite(value) and value > 0
     assert student_vit.blocks[1].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_attention_refuses_maps_that_are_not_attention_probabilities() -> None:
+    from kdforge.distill.losses import build_term
+
+    term = build_term("attention", {"student": "a", "teacher": "a"})
+    cnn_map = {"feat:a": torch.randn(2, 4, 3, 3)}  # square, 4-D, but not rows of probabilities
+    with pytest.raises(ValueError, match="rows >= 0 summing to 1"):
+        term.setup(cnn_map, cnn_map)

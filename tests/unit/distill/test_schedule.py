@@ -113,7 +113,7 @@ def test_a_schedule_can_start_after_a_warm_up_phase():
 
 
 def test_a_parameter_fixed_at_build_cannot_be_scheduled():
-    with pytest.raises((ConfigError, ValueError), match="cannot schedule num_negatives.*schedulable: temperature"):
+    with pytest.raises((ConfigError, ValueError), match="cannot schedule num_negatives.*schedulable: momentum"):
         DistillConfig.model_validate(
             {"terms": [{"loss": "crd", "student": "f", "teacher": "f", "num_negatives": {"start": 8, "end": 16}}]}
         )

@@ -113,3 +113,14 @@ def test_two_teachers_train_end_to_end_and_are_both_reported(make_config):
     assert [r["teacher"] for r in records if r["kind"] == "teacher"] == ["big", "wide"]
     last_train = [r for r in records if r["kind"] == "train"][-1]
     assert {"loss/kd", "loss/fitnet"} <= set(last_train)
+
+
+def test_only_logit_terms_read_an_ensemble_and_named_teachers_take_their_own_taps():
+    with pytest.raises(ConfigError, match="'fitnet' cannot read an ensemble"):
+        load_config(
+            base=_raw(
+                distill={"terms": [{"loss": "fitnet", "student": "f", "teacher": "f", "teachers": ["big", "wide"]}]}
+            )
+        )
+    with pytest.raises(ConfigError, match="taps: \\{tap_name: module.path\\}"):
+        load_config(base=_raw(distill={"taps": {"teacher": {"f": "stages.1"}}}))

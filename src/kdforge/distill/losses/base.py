@@ -25,6 +25,7 @@ class DistillTerm(nn.Module):
     needs_dataset = False  # True: the pipeline calls bind_dataset with the training labels before training
     inputs = ""  # what it reads, for `kdforge methods`
     schedulable: tuple[str, ...] = ()  # parameters read from attributes at every step, so they may be scheduled
+    ensemble = False  # True: reads class logits, so several teachers can be merged into one (distiller.py)
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         """Build shape-dependent parts (adapters) from one example batch's outputs."""
@@ -37,6 +38,11 @@ class DistillTerm(nn.Module):
 
     def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """An adapter output (bf16 under autocast) in float32, or float64 when float64, as ``pick`` reads inputs."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def pick(outputs: Outputs, key: str, role: str) -> torch.Tensor:

@@ -60,7 +60,7 @@ class CRD(DistillTerm):
     """
 
     inputs = "features (taps), sample index and labels"
-    schedulable = ("temperature", "momentum")
+    schedulable = ("momentum",)  # not temperature: Z is estimated once, at the starting temperature
 
     needs_dataset = True
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from kdforge.distill.adapters import FeatureAdapter
 from kdforge.distill.losses import TERMS
-from kdforge.distill.losses.base import DistillTerm, Outputs, pick
+from kdforge.distill.losses.base import DistillTerm, Outputs, as_float, pick
 from kdforge.models.taps import tap_key
 
 ATTENTION_EPS = 1e-8  # clamp before log: attention rows may hold exact zeros (masks, dropout)
@@ -27,9 +27,9 @@ def _read(outputs: Outputs, name: str, role: str) -> torch.Tensor:
     return pick(outputs, name if name in outputs else tap_key(name), role)
 
 
-def _float32_or_64(x: torch.Tensor) -> torch.Tensor:
-    """An adapted/resized map (bf16 under autocast) in float32, or float64 when float64, as ``pick`` reads."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+def _are_probabilities(x: torch.Tensor) -> bool:
+    """Rows of non-negative values summing to 1 (checked once, in setup, so the cost is one sync per run)."""
+    return bool((x >= 0).all() and torch.allclose(x.sum(-1), torch.ones((), dtype=x.dtype), atol=2e-2))  # bf16 rows
 
 
 def _check_map(x: torch.Tensor, term: str, role: str, name: str) -> None:
@@ -106,7 +106,7 @@ class ChannelWiseDistillation(DistillTerm):
     def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
         if self.adapter is None:
             raise RuntimeError("cwd term used before setup(); the Distiller calls it on the first batch.")
-        s = _float32_or_64(self.adapter(_read(student, self.student_key, "student")))  # (B, C, H, W)
+        s = as_float(self.adapter(_read(student, self.student_key, "student")))  # (B, C, H, W)
         t = _read(teacher, self.teacher_key, "teacher")
         n, c = t.shape[:2]
         log_p_s = F.log_softmax(s.flatten(2) / self.temperature, dim=-1)  # (B, C, H*W)
@@ -137,6 +137,7 @@ class PixelKL(DistillTerm):
     """
 
     inputs = "dense logits (B, K, H, W)"
+    ensemble = True
     schedulable = ("temperature",)
 
     def __init__(
@@ -161,7 +162,7 @@ class PixelKL(DistillTerm):
                 "Use cwd (which adapts channels) for maps with different channels."
             )
         if s.shape[2:] != t.shape[2:]:
-            s = _float32_or_64(F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False))
+            s = as_float(F.interpolate(s, size=t.shape[2:], mode="bilinear", align_corners=False))
         return s, t
 
     def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
@@ -211,16 +212,19 @@ class AttentionKL(DistillTerm):
         self.student_key, self.teacher_key, self.heads = student, teacher, heads
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
-        self._pair(student, teacher)  # fail on the first batch, not mid-epoch
+        self._pair(student, teacher, check_values=True)  # fail on the first batch, not mid-epoch
 
-    def _pair(self, student: Outputs, teacher: Outputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pair(
+        self, student: Outputs, teacher: Outputs, check_values: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         s = _read(student, self.student_key, "student")
         t = _read(teacher, self.teacher_key, "teacher")
         for x, role, name in ((s, "student", self.student_key), (t, "teacher", self.teacher_key)):
-            if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
+            if x.dim() != 4 or x.shape[-1] != x.shape[-2] or (check_values and not _are_probabilities(x)):
                 raise ValueError(
-                    f"attention expects probabilities of shape (B, heads, N, N), but the {role}'s {name!r} has "
-                    f"shape {tuple(x.shape)}. Tap blocks.<i>.attn.attn_drop after expose_attention(model)."
+                    f"attention expects probabilities of shape (B, heads, N, N) (rows >= 0 summing to 1), but the "
+                    f"{role}'s {name!r} has shape {tuple(x.shape)} or other values. Tap blocks.<i>.attn.attn_drop "
+                    "of a timm ViT (kdforge switches fused attention off for attention terms)."
                 )
         if s.shape[-1] != t.shape[-1]:
             raise ValueError(

@@ -9,14 +9,9 @@ import torch.nn.functional as F
 
 from kdforge.distill.adapters import FeatureAdapter, tokens_to_map
 from kdforge.distill.losses import TERMS
-from kdforge.distill.losses.base import DistillTerm, Outputs, pick
+from kdforge.distill.losses.base import DistillTerm, Outputs, as_float, pick
 from kdforge.errors import ConfigError
 from kdforge.models.taps import tap_key
-
-
-def _float32_or_64(x: torch.Tensor) -> torch.Tensor:
-    """An adapter output (bf16 under autocast) in float32, or float64 when float64, as ``pick`` reads inputs."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 @TERMS.register("fitnet")
@@ -47,7 +42,7 @@ class FitNet(DistillTerm):
         if self.adapter is None:
             raise RuntimeError("fitnet term used before setup(); the Distiller calls it on the first batch.")
         s = self.adapter(pick(student, self.student_key, "student"))
-        return F.mse_loss(_float32_or_64(s), self.adapter.teacher_view(pick(teacher, self.teacher_key, "teacher")))
+        return F.mse_loss(as_float(s), self.adapter.teacher_view(pick(teacher, self.teacher_key, "teacher")))
 
 
 @TERMS.register("at")
@@ -167,7 +162,7 @@ class _AdaptedMatch(DistillTerm):
             raise RuntimeError(f"{self.name} term used before setup(); the Distiller calls it on the first batch.")
         s, t = self._pair(student, teacher)
         # The adapter may run in bf16 under autocast; teacher_view turns teacher tokens into a map where needed.
-        return self.distance(_float32_or_64(self.adapter(s)), self.adapter.teacher_view(t))
+        return self.distance(as_float(self.adapter(s)), self.adapter.teacher_view(t))
 
     def distance(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

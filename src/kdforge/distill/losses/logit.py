@@ -42,6 +42,7 @@ class HintonKD(DistillTerm):
     """
 
     inputs = "logits (B, C) or dense logits (B, C, H, W)"
+    ensemble = True
     schedulable = ("temperature",)
 
     def __init__(self, temperature: float = 4.0, student: str = "logits", teacher: str = "logits") -> None:
@@ -103,6 +104,7 @@ class DKD(DistillTerm):
     """
 
     inputs = "logits (B, C) and labels"
+    ensemble = True
     schedulable = ("alpha", "beta", "temperature")
 
     def __init__(
@@ -194,6 +196,7 @@ class DIST(DistillTerm):
     """
 
     inputs = "logits (B, C) or dense logits"
+    ensemble = True
     schedulable = ("beta", "gamma", "temperature")
 
     def __init__(
