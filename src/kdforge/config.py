@@ -123,9 +123,19 @@ def _check_weight(value: float | ScheduledValue) -> float | ScheduledValue:
 
 
 def _is_schedule(value: Any) -> bool:
-    return isinstance(value, (dict, ScheduledValue)) and (
-        isinstance(value, ScheduledValue) or {"start", "end"} <= set(value)
-    )
+    """Any mapping given as a parameter value is meant as a schedule (so a typo in one is reported)."""
+    return isinstance(value, (dict, ScheduledValue))
+
+
+def _schedule_of(param: str, value: Any) -> ScheduledValue:
+    try:
+        return ScheduledValue.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(_describe_one(err, value, ScheduledValue) for err in exc.errors())
+        raise ConfigError(
+            f"{param}: {problems} A schedule looks like {{start: 6.0, end: 3.0, schedule: linear}} "
+            "(schedule: constant, linear or cosine; optional epochs, start_epoch)."
+        ) from None
 
 
 class TermConfig(BaseModel):
@@ -158,7 +168,7 @@ class TermConfig(BaseModel):
         return {k: (self.scheduled_params()[k].start if _is_schedule(v) else v) for k, v in self.extra().items()}
 
     def scheduled_params(self) -> dict[str, ScheduledValue]:
-        return {k: ScheduledValue.model_validate(v) for k, v in self.extra().items() if _is_schedule(v)}
+        return {k: _schedule_of(k, v) for k, v in self.extra().items() if _is_schedule(v)}
 
     def extra(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -488,15 +498,17 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
 
 
 def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
-    lines = [_describe_one(err, raw) for err in exc.errors()]
+    # For `number | {start, end}` unions given a mapping, the "not a number" branch is noise.
+    errors = [e for e in exc.errors() if not (isinstance(e["input"], dict) and e["type"].startswith("float"))]
+    lines = [_describe_one(err, raw) for err in errors or exc.errors()]
     return "invalid config: " + (lines[0] if len(lines) == 1 else "\n  - " + "\n  - ".join(lines))
 
 
-def _describe_one(err: dict[str, Any], raw: dict[str, Any]) -> str:
+def _describe_one(err: dict[str, Any], raw: dict[str, Any], root: type[BaseModel] | None = None) -> str:
     loc = _user_loc(raw, err["loc"])
     path = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
-        valid = _fields_at(RunConfig, loc[:-1])
+        valid = _fields_at(root or RunConfig, loc[:-1])
         hint = did_you_mean(str(loc[-1]), valid) or f" Valid keys here: {', '.join(sorted(valid))}."
         return f"unknown key {path!r} (value {err['input']!r}).{hint}"
     if err["type"] == "missing":
@@ -514,7 +526,9 @@ def _user_loc(raw: Any, loc: tuple[Any, ...]) -> list[Any]:
     for part in loc:
         if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int):
             node = node[part] if not isinstance(node, list) or part < len(node) else None
-        elif isinstance(part, str) and (part.startswith("function-") or "[" in part or part in _TYPE_TAGS):
+        elif isinstance(part, str) and (
+            part.startswith("function-") or "[" in part or part in _TYPE_TAGS or part[:1].isupper()
+        ):
             continue
         else:
             node = None

@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from kdforge.errors import ConfigError
+
 DEFAULT_ALPHA, DEFAULT_TEMPERATURE = 0.7, 4.0
 
 # flag name -> dotted config key; values are set as given (strings stay strings: --name 001)
@@ -30,6 +32,11 @@ def apply_short_flags(raw: dict[str, Any], flags: dict[str, Any]) -> dict[str, A
         flags = {**flags, "teacher": None, "teacher_checkpoint": None}
     for role in ("teacher", "student"):
         _set_model(raw, role, flags.get(role), flags.get(f"{role}_source"))
+    if flags.get("teacher_checkpoint") is not None and raw.get("teachers"):
+        raise ConfigError(
+            "--teacher-checkpoint applies to a single teacher; with several, set each one's checkpoint: "
+            "--set teachers.NAME.checkpoint=PATH."
+        )
     for flag, key in PLAIN_FLAGS.items():
         if flags.get(flag) is not None:
             _set(raw, key, flags[flag])

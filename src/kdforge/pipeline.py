@@ -96,10 +96,13 @@ def build_distiller(config: RunConfig, task: Task, device: torch.device, example
     first = epoch_settings(config.distill, 0, config.train.epochs)
     distiller = Distiller(student, teachers, task, _terms(config, first), first.task_weight, inputs, _schedule(config))
     distiller.to(device)
-    student_out, teacher_outs = distiller.setup(to_device(example, device))
-    task.check_outputs(student_out, "student")
-    for name, outputs in teacher_outs.items():
-        task.check_outputs(outputs, _role(name))
+
+    def check(student_out: dict[str, torch.Tensor], teacher_outs: dict[str, dict[str, torch.Tensor]]) -> None:
+        task.check_outputs(student_out, "student")
+        for name, outputs in teacher_outs.items():
+            task.check_outputs(outputs, _role(name))
+
+    distiller.setup(to_device(example, device), check)
     distiller.to(device)  # adapters built in setup
     return distiller
 
@@ -174,7 +177,7 @@ def _evaluate_teachers(
             )
         model = nn.Sequential(distiller.teacher_inputs[name], distiller.teachers[name])
         results[name] = metrics = evaluate(model, loader, task, device, resolve_amp(config.train.amp, device))
-        logger.log("teacher", 0, {"teacher": name, **metrics})
+        logger.log("teacher", 0, {"teacher": name, **{f"teacher/{name}/{k}": v for k, v in metrics.items()}})
         logger.message(f"{_role(name)}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return results
 

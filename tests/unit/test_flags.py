@@ -49,3 +49,12 @@ def test_string_flags_stay_strings_and_sources_are_kept():
     assert raw["teacher"] == {"source": "torchvision", "name": "resnet101"}
     raw = apply_short_flags(raw, _flags(student="pkg.mod:net"))
     assert raw["student"]["source"] == "import"
+
+
+def test_teacher_checkpoint_flag_with_several_teachers_says_what_to_set():
+    import pytest
+
+    from kdforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teachers.NAME.checkpoint"):
+        apply_short_flags({"teachers": {"a": {"name": "resnet50"}}}, _flags(teacher_checkpoint="t.pth"))

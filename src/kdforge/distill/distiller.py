@@ -17,6 +17,7 @@ from torch import nn
 
 from kdforge.distill.losses.base import DistillTerm, Outputs
 from kdforge.distill.schedule import EpochSettings
+from kdforge.errors import ConfigError
 from kdforge.models.taps import TAP_PREFIX
 
 DEFAULT_TEACHER = "teacher"
@@ -118,15 +119,27 @@ class Distiller(nn.Module):
             yield from (p for p in module.parameters() if p.requires_grad)
 
     @torch.no_grad()
-    def setup(self, batch: dict[str, Any]) -> tuple[Outputs, dict[str, Outputs]]:
+    def setup(
+        self, batch: dict[str, Any], check: Callable[[Outputs, dict[str, Outputs]], None] | None = None
+    ) -> tuple[Outputs, dict[str, Outputs]]:
         """Run one example batch to build shape-dependent term parts; returns the student's outputs and
-        every teacher's."""
+        every teacher's. `check` sees those outputs first (e.g. the task's class-count check)."""
         was_training = self.training
         self.eval()
         student = self.student(batch["input"])
         teachers = self.teacher_outputs(batch, list(self.teachers))
+        if check is not None:
+            check(student, teachers)
         for index, term in enumerate(self.terms):
-            term.setup(student, self._view(index, teachers))
+            view = self._view(index, teachers)
+            try:
+                term.setup(student, view)
+                if not term.needs_dataset:  # a dry run: shape mistakes surface now, not after an epoch
+                    term(student, view, batch)
+            except (ValueError, RuntimeError, KeyError) as exc:
+                raise ConfigError(
+                    f"distillation term {self.term_names[index]!r} does not fit the models: {exc}"
+                ) from exc
         self.train(was_training)
         return student, teachers
 

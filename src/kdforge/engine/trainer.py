@@ -225,9 +225,19 @@ class Trainer:
             self.save("last.pt")
 
     def _log_train(self) -> None:
+        means = self.meter.means()
+        weights = {
+            "task": self.distiller.task_weight,
+            **dict(zip(self.distiller.term_names, self.distiller.term_weights, strict=True)),
+        }
         values: dict[str, Any] = {
             "epoch": self.state.epoch + self.state.step_in_epoch / self.steps_per_epoch,
-            **self.meter.means(),
+            **means,
+            **{
+                f"wloss/{k[5:]}": v * weights[k[5:]]
+                for k, v in means.items()
+                if k[5:] in weights and k.startswith("loss/")
+            },
             "lr": self.optimizer.param_groups[0]["lr"],
             "nonfinite_total": self.state.nonfinite_total,
         }

@@ -234,3 +234,15 @@ def test_distiller_feeds_the_teacher_through_its_input_adapter() -> None:
     assert out["student"]["feat:f"].shape == (6, 6, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(out["teacher"]["logits"], distiller.teacher(adapter(batch["input"]))["logits"])
+
+
+def test_a_term_that_does_not_fit_the_models_is_named_at_setup() -> None:
+    from kdforge.errors import ConfigError
+
+    torch.manual_seed(0)
+    student = TappedModel(cnn(num_classes=CLASSES, in_chans=3, widths=[4, 8]), {"p": "pool"})
+    teacher = TappedModel(cnn(num_classes=CLASSES, in_chans=3, widths=[6, 12]))
+    term = WeightedTerm("kd_on_pool", 1.0, build_term("kd", {"student": "feat:p"}))  # (B, 8) vs (B, 4) logits
+    distiller = Distiller(student, teacher, CrossEntropyTask(), [term])
+    with pytest.raises(ConfigError, match="'kd_on_pool' does not fit the models"):
+        distiller.setup({"input": torch.randn(2, 3, 8, 8), "target": torch.zeros(2, dtype=torch.long)})
