@@ -10,19 +10,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdforge.errors import ConfigError
 
-def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
-    """ViT tokens (B, N, D) -> a map (B, D, g, g): the prefix tokens (class, registers) that come before the
-    g*g patch grid are dropped, where g*g is the largest square not above N."""
-    batch, count, dim = tokens.shape
+TokenLayout = tuple[int, int, int]  # (prefix tokens, grid height, grid width)
+_LAYOUTS: dict[int, TokenLayout] = {}  # by token count; filled from the models when the Distiller is set up
+
+
+def register_token_layout(layout: TokenLayout) -> None:
+    """Record how a model's N = prefix + h*w tokens are laid out (timm ViTs report it; see TappedModel)."""
+    prefix, height, width = layout
+    _LAYOUTS[prefix + height * width] = layout
+
+
+def token_layout(count: int) -> TokenLayout:
+    """The layout of `count` tokens: a registered one, else a square grid after at most 8 prefix tokens
+    (class + registers); anything else is ambiguous (a 4x6 grid + 1 looks like 5x5) and refused."""
+    if count in _LAYOUTS:
+        return _LAYOUTS[count]
     grid = math.isqrt(count)
-    return tokens[:, count - grid * grid :].transpose(1, 2).reshape(batch, dim, grid, grid)
+    if count - grid * grid > 8:
+        raise ConfigError(
+            f"cannot tell the patch grid of {count} tokens; tap a timm ViT (its grid is read from the model) "
+            "or call kdforge.distill.adapters.register_token_layout((prefix, height, width))."
+        )
+    return (count - grid * grid, grid, grid)
+
+
+def tokens_to_map(tokens: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
+    """ViT tokens (B, N, D) -> a map (B, D, h, w): the prefix tokens (class, registers) before the patch
+    grid are dropped."""
+    batch, count, dim = tokens.shape
+    prefix, height, width = layout or token_layout(count)
+    return tokens[:, prefix:].transpose(1, 2).reshape(batch, dim, height, width)
 
 
 def _map_shape(shape: torch.Size) -> tuple[int, ...]:
     if len(shape) == 3:
-        grid = math.isqrt(shape[1])
-        return (shape[0], shape[2], grid, grid)
+        _, height, width = token_layout(shape[1])
+        return (shape[0], shape[2], height, width)
     return tuple(shape)
 
 
@@ -45,6 +70,8 @@ class FeatureAdapter(nn.Module):
                 "same kind (pooled embeddings with pooled embeddings, maps or tokens with maps or tokens)."
             )
         self.as_maps = len(ranks) > 1 or (ranks == {3} and student_shape[1] != teacher_shape[1])
+        self.student_layout = token_layout(student_shape[1]) if self.as_maps and len(student_shape) == 3 else None
+        self.teacher_layout = token_layout(teacher_shape[1]) if self.as_maps and len(teacher_shape) == 3 else None
         if self.as_maps:
             student_shape, teacher_shape = _map_shape(student_shape), _map_shape(teacher_shape)
         s_ch, t_ch = _channels(student_shape), _channels(teacher_shape)
@@ -59,7 +86,7 @@ class FeatureAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.as_maps and x.dim() == 3:
-            x = tokens_to_map(x)
+            x = tokens_to_map(x, self.student_layout)
         x = self.proj(x)  # (B, C_t, H_s, W_s) or (B, [N,] C_t)
         if self.is_map and tuple(x.shape[2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
@@ -67,7 +94,7 @@ class FeatureAdapter(nn.Module):
 
     def teacher_view(self, teacher: torch.Tensor) -> torch.Tensor:
         """The teacher feature in the space the adapted student lives in (tokens as a map when needed)."""
-        return tokens_to_map(teacher) if self.as_maps and teacher.dim() == 3 else teacher
+        return tokens_to_map(teacher, self.teacher_layout) if self.as_maps and teacher.dim() == 3 else teacher
 
 
 def _channels(shape: tuple[int, ...]) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from kdforge.distill.adapters import register_token_layout
 from kdforge.distill.losses.base import DistillTerm, Outputs
 from kdforge.distill.schedule import EpochSettings
 from kdforge.errors import ConfigError
@@ -130,6 +131,10 @@ class Distiller(nn.Module):
         teachers = self.teacher_outputs(batch, list(self.teachers))
         if check is not None:
             check(student, teachers)
+        for model in (self.student, *self.teachers.values()):
+            layout = model.token_layout() if hasattr(model, "token_layout") else None
+            if layout is not None:
+                register_token_layout(layout)  # how adapters turn this model's tokens into maps
         for index, term in enumerate(self.terms):
             view = self._view(index, teachers)
             try:

@@ -56,6 +56,14 @@ class TappedModel(nn.Module):
 
         return hook
 
+    def token_layout(self) -> tuple[int, int, int] | None:
+        """(prefix tokens, grid height, grid width) of a timm ViT-like model, else None."""
+        grid = getattr(getattr(self.model, "patch_embed", None), "grid_size", None)
+        prefix = getattr(self.model, "num_prefix_tokens", None)
+        if grid is None or prefix is None:
+            return None
+        return (int(prefix), int(grid[0]), int(grid[1]))
+
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         self._store = {}
         try:

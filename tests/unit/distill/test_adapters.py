@@ -113,3 +113,25 @@ def test_input_adapter_defaults_to_identity() -> None:
     assert torch.equal(adapter(x), x)
     same = InputAdapter((0.5,), (0.2,), mean=(0.5,), std=(0.2,), size=(4, 4))
     assert torch.equal(same(torch.ones(1, 1, 4, 4)), torch.ones(1, 1, 4, 4))
+
+
+def test_a_registered_token_layout_handles_registers_and_non_square_grids() -> None:
+    import timm
+
+    from kdforge.distill.adapters import register_token_layout
+    from kdforge.models.taps import TappedModel
+
+    vit = TappedModel(timm.create_model("test_vit", img_size=(32, 48), patch_size=8, reg_tokens=2), {"f": "blocks.5"})
+    assert vit.token_layout() == (3, 4, 6)  # class + 2 registers, a 4x6 grid: 27 tokens, which is not 5x5 + 2
+    register_token_layout(vit.token_layout())
+    tokens = vit(torch.randn(2, 3, 32, 48))["feat:f"]
+    fmap = tokens_to_map(tokens)
+    assert fmap.shape == (2, tokens.shape[2], 4, 6)
+    assert torch.equal(fmap[0, :, 1, 2], tokens[0, 3 + 1 * 6 + 2])
+
+
+def test_an_ambiguous_token_count_is_refused() -> None:
+    from kdforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot tell the patch grid of 110 tokens"):
+        tokens_to_map(torch.randn(1, 110, 4))  # 10x10 + 10 prefix tokens? or 10x11? unknown
