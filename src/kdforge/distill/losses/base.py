@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from kdforge.errors import ConfigError
+from kdforge.models.taps import TAP_PREFIX
 
 Outputs = dict[str, torch.Tensor]
 
@@ -46,12 +47,15 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def pick(outputs: Outputs, key: str, role: str) -> torch.Tensor:
-    """``outputs[key]`` in float32, or float64 when given float64 (loss math never runs in fp16/bf16: a
-    log-softmax of fp16 logits overflows), with a clear error when absent."""
+    """``outputs[key]`` (an output such as ``logits``, or a tap by its name or as ``feat:<name>``) in float32,
+    or float64 when given float64 (loss math never runs in fp16/bf16: a log-softmax of fp16 logits
+    overflows), with a clear error when absent."""
+    if key not in outputs and TAP_PREFIX + key in outputs:
+        key = TAP_PREFIX + key
     if key not in outputs:
         raise ConfigError(
-            f"the {role}'s outputs have no {key!r}; available: {sorted(outputs)}. "
-            f"Feature terms read taps as 'feat:<name>': declare them under distill.taps.{role}."
+            f"the {role}'s outputs have no {key!r}; available: {sorted(outputs)}. Taps are declared under "
+            f"distill.taps.{role} (or on a named teacher's spec: teachers.NAME.taps)."
         )
     value = outputs[key]
     return value if value.dtype == torch.float64 else value.float()

@@ -17,14 +17,8 @@ from torch import nn
 from kdforge.distill.adapters import FeatureAdapter
 from kdforge.distill.losses import TERMS
 from kdforge.distill.losses.base import DistillTerm, Outputs, as_float, pick
-from kdforge.models.taps import tap_key
 
 ATTENTION_EPS = 1e-8  # clamp before log: attention rows may hold exact zeros (masks, dropout)
-
-
-def _read(outputs: Outputs, name: str, role: str) -> torch.Tensor:
-    """``outputs[name]`` if present, else the tap ``feat:<name>``; float32, or float64 if given (see ``pick``)."""
-    return pick(outputs, name if name in outputs else tap_key(name), role)
 
 
 def _are_probabilities(x: torch.Tensor) -> bool:
@@ -97,8 +91,8 @@ class ChannelWiseDistillation(DistillTerm):
         self.adapter: FeatureAdapter | None = None
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
-        s = _read(student, self.student_key, "student")
-        t = _read(teacher, self.teacher_key, "teacher")
+        s = pick(student, self.student_key, "student")
+        t = pick(teacher, self.teacher_key, "teacher")
         _check_map(s, "cwd", "student", self.student_key)
         _check_map(t, "cwd", "teacher", self.teacher_key)
         self.adapter = FeatureAdapter(s.shape, t.shape).to(s.device)
@@ -106,8 +100,8 @@ class ChannelWiseDistillation(DistillTerm):
     def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
         if self.adapter is None:
             raise RuntimeError("cwd term used before setup(); the Distiller calls it on the first batch.")
-        s = as_float(self.adapter(_read(student, self.student_key, "student")))  # (B, C, H, W)
-        t = _read(teacher, self.teacher_key, "teacher")
+        s = as_float(self.adapter(pick(student, self.student_key, "student")))  # (B, C, H, W)
+        t = pick(teacher, self.teacher_key, "teacher")
         n, c = t.shape[:2]
         log_p_s = F.log_softmax(s.flatten(2) / self.temperature, dim=-1)  # (B, C, H*W)
         log_p_t = F.log_softmax(t.flatten(2) / self.temperature, dim=-1)
@@ -152,8 +146,8 @@ class PixelKL(DistillTerm):
         self._pair(student, teacher)  # fail on the first batch, not mid-epoch
 
     def _pair(self, student: Outputs, teacher: Outputs) -> tuple[torch.Tensor, torch.Tensor]:
-        s = _read(student, self.student_key, "student")
-        t = _read(teacher, self.teacher_key, "teacher")
+        s = pick(student, self.student_key, "student")
+        t = pick(teacher, self.teacher_key, "teacher")
         _check_map(s, "pixel_kl", "student", self.student_key)
         _check_map(t, "pixel_kl", "teacher", self.teacher_key)
         if s.shape[1] != t.shape[1]:
@@ -217,8 +211,8 @@ class AttentionKL(DistillTerm):
     def _pair(
         self, student: Outputs, teacher: Outputs, check_values: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        s = _read(student, self.student_key, "student")
-        t = _read(teacher, self.teacher_key, "teacher")
+        s = pick(student, self.student_key, "student")
+        t = pick(teacher, self.teacher_key, "teacher")
         for x, role, name in ((s, "student", self.student_key), (t, "teacher", self.teacher_key)):
             if x.dim() != 4 or x.shape[-1] != x.shape[-2] or (check_values and not _are_probabilities(x)):
                 raise ValueError(
