@@ -224,3 +224,14 @@ def test_build_term_passes_parameters() -> None:
     term = build_term("kd", {"temperature": 3})
     assert isinstance(term, HintonKD)
     assert term.temperature == 3.0
+
+
+def test_pick_reads_outputs_taps_by_name_and_taps_by_key() -> None:
+    from kdforge.distill.losses.base import pick
+
+    x, y = torch.randn(2, 3), torch.randn(2, 4)
+    outputs = {"logits": x, "feat:f": y}
+    assert torch.equal(pick(outputs, "logits", "student"), x)
+    assert torch.equal(pick(outputs, "f", "student"), y) and torch.equal(pick(outputs, "feat:f", "student"), y)
+    with pytest.raises(ConfigError, match="no 'g'.*distill.taps.teacher"):
+        pick(outputs, "g", "teacher")
