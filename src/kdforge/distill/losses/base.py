@@ -41,6 +41,20 @@ class DistillTerm(nn.Module):
         raise NotImplementedError
 
 
+def softened_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
+    """``KL(softmax(t/T) || softmax(s/T))`` along `dim`, unreduced (that axis summed out)."""
+    log_p_student = torch.log_softmax(student / temperature, dim=dim)
+    log_p_teacher = torch.log_softmax(teacher / temperature, dim=dim)
+    return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim)
+
+
+def built(part: Any, term: str, hook: str = "setup()") -> Any:
+    """`part` (an adapter, a bank), or a clear error when the term is used before `hook` built it."""
+    if part is None:
+        raise RuntimeError(f"{term} term used before {hook}; the Distiller and pipeline call it before training.")
+    return part
+
+
 def as_float(x: torch.Tensor) -> torch.Tensor:
     """An adapter output (bf16 under autocast) in float32, or float64 when float64, as ``pick`` reads inputs."""
     return x.to(torch.promote_types(x.dtype, torch.float32))

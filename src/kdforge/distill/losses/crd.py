@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdforge.distill.losses import TERMS
-from kdforge.distill.losses.base import DistillTerm, Outputs, pick
+from kdforge.distill.losses.base import DistillTerm, Outputs, built, pick
 from kdforge.errors import ConfigError, DataError
 from kdforge.models.taps import tap_key
 
@@ -120,10 +120,8 @@ class CRD(DistillTerm):
         return self.order[r + (r >= start) * length]  # (B, K)
 
     def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
-        if self.embed_s is None or self.embed_t is None:
-            raise RuntimeError("crd term used before setup(); the Distiller calls it on the first batch.")
-        if self.memory_s is None or self.memory_t is None:
-            raise RuntimeError("crd term used before bind_dataset(targets); the pipeline calls it before training.")
+        built(self.embed_s, "crd")
+        built(self.memory_s, "crd", "bind_dataset(targets)")
         index = self._batch_index(batch)
         s = pick(student, self.student_key, "student").flatten(1)  # (B, D_s)
         t = pick(teacher, self.teacher_key, "teacher").flatten(1)  # (B, D_t)

@@ -16,7 +16,7 @@ from torch import nn
 
 from kdforge.distill.adapters import FeatureAdapter
 from kdforge.distill.losses import TERMS
-from kdforge.distill.losses.base import DistillTerm, Outputs, as_float, pick
+from kdforge.distill.losses.base import DistillTerm, Outputs, as_float, built, pick, softened_kl
 
 ATTENTION_EPS = 1e-8  # clamp before log: attention rows may hold exact zeros (masks, dropout)
 
@@ -98,15 +98,12 @@ class ChannelWiseDistillation(DistillTerm):
         self.adapter = FeatureAdapter(s.shape, t.shape).to(s.device)
 
     def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
-        if self.adapter is None:
-            raise RuntimeError("cwd term used before setup(); the Distiller calls it on the first batch.")
+        built(self.adapter, "cwd")
         s = as_float(self.adapter(pick(student, self.student_key, "student")))  # (B, C, H, W)
         t = pick(teacher, self.teacher_key, "teacher")
         n, c = t.shape[:2]
-        log_p_s = F.log_softmax(s.flatten(2) / self.temperature, dim=-1)  # (B, C, H*W)
-        log_p_t = F.log_softmax(t.flatten(2) / self.temperature, dim=-1)
-        kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum()
-        return kl * self.temperature**2 / (n * c)
+        kl = softened_kl(s.flatten(2), t.flatten(2), self.temperature, dim=-1)  # (B, C): over H*W per channel
+        return kl.sum() * self.temperature**2 / (n * c)
 
 
 @TERMS.register("pixel_kl")
@@ -161,9 +158,7 @@ class PixelKL(DistillTerm):
 
     def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
         s, t = self._pair(student, teacher)  # (B, K, H, W) each
-        log_p_s = F.log_softmax(s / self.temperature, dim=1)
-        log_p_t = F.log_softmax(t / self.temperature, dim=1)
-        kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)  # (B, H, W)
+        kl = softened_kl(s, t, self.temperature, dim=1)  # (B, H, W)
         valid = self._valid(batch, kl)
         if valid is None:
             return kl.mean() * self.temperature**2

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from kdforge.distill.adapters import FeatureAdapter, tokens_to_map
 from kdforge.distill.losses import TERMS
-from kdforge.distill.losses.base import DistillTerm, Outputs, as_float, pick
+from kdforge.distill.losses.base import DistillTerm, Outputs, as_float, built, pick
 from kdforge.errors import ConfigError
 from kdforge.models.taps import tap_key
 
@@ -39,8 +39,7 @@ class FitNet(DistillTerm):
         self.adapter = FeatureAdapter(s.shape, t.shape).to(s.device)
 
     def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
-        if self.adapter is None:
-            raise RuntimeError("fitnet term used before setup(); the Distiller calls it on the first batch.")
+        built(self.adapter, "fitnet")
         s = self.adapter(pick(student, self.student_key, "student"))
         return F.mse_loss(as_float(s), self.adapter.teacher_view(pick(teacher, self.teacher_key, "teacher")))
 
@@ -158,8 +157,7 @@ class _AdaptedMatch(DistillTerm):
         self.adapter = FeatureAdapter(s.shape, t.shape).to(s.device)
 
     def forward(self, student: Outputs, teacher: Outputs, batch: dict[str, Any]) -> torch.Tensor:
-        if self.adapter is None:
-            raise RuntimeError(f"{self.name} term used before setup(); the Distiller calls it on the first batch.")
+        built(self.adapter, self.name)
         s, t = self._pair(student, teacher)
         # The adapter may run in bf16 under autocast; teacher_view turns teacher tokens into a map where needed.
         return self.distance(as_float(self.adapter(s)), self.adapter.teacher_view(t))

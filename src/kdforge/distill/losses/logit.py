@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from kdforge.distill.losses import TERMS
-from kdforge.distill.losses.base import DistillTerm, Outputs, pick
+from kdforge.distill.losses.base import DistillTerm, Outputs, pick, softened_kl
 from kdforge.errors import ConfigError
 
 
@@ -18,13 +18,7 @@ def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     Logits have shape (B, C) or (B, C, ...) for dense outputs, where the class axis is 1 and every
     other position counts as a sample.
     """
-    if student_logits.dim() > 2:  # (B, C, H, W) -> (B*H*W, C)
-        student_logits = student_logits.movedim(1, -1).flatten(0, -2)
-        teacher_logits = teacher_logits.movedim(1, -1).flatten(0, -2)
-    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
-    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-    return kl * temperature**2
+    return softened_kl(student_logits, teacher_logits, temperature, dim=1).mean() * temperature**2
 
 
 @TERMS.register("kd")
