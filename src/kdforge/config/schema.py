@@ -1,19 +1,13 @@
-"""The run config: one pydantic schema, YAML files merged in order, then ``--set`` overrides.
-
-Every mistake (unknown key, bad value) becomes one `ConfigError` that names the key path, the value
-and the nearest valid key, instead of pydantic's raw report.
-"""
+"""The run config schema: one pydantic model per section, defaults that make plain Hinton KD a config of a
+few lines, and validators that name what is wrong."""
 
 from __future__ import annotations
 
-import copy
-import re
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kdforge.config.messages import describe_error
 from kdforge.errors import ConfigError, RegistryError, did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -131,7 +125,7 @@ def _schedule_of(param: str, value: Any) -> ScheduledValue:
     try:
         return ScheduledValue.model_validate(value)
     except ValidationError as exc:
-        problems = "; ".join(_describe_one(err, value, ScheduledValue) for err in exc.errors())
+        problems = "; ".join(describe_error(err, value, ScheduledValue) for err in exc.errors())
         raise ConfigError(
             f"{param}: {problems} A schedule looks like {{start: 6.0, end: 3.0, schedule: linear}} "
             "(schedule: constant, linear or cosine; optional epochs, start_epoch)."
@@ -406,171 +400,3 @@ class RunConfig(_Strict):
                         f"{did_you_mean(name, names)} Teachers: {', '.join(names) or 'none'}."
                     )
         return self
-
-
-def load_config(
-    files: list[str | Path] | None = None,
-    overrides: list[str] | None = None,
-    base: dict[str, Any] | None = None,
-) -> RunConfig:
-    """Merge `base`, then each YAML file in order, then ``dotted.key=value`` overrides; validate."""
-    raw = deep_merge(copy.deepcopy(base or {}), merge_files(files or []))
-    for item in overrides or []:
-        apply_override(raw, item)
-    return validate_config(raw)
-
-
-def merge_files(files: list[str | Path]) -> dict[str, Any]:
-    """The YAML files deep-merged in order (later files win)."""
-    raw: dict[str, Any] = {}
-    for path in files:
-        raw = deep_merge(raw, read_yaml(path))
-    return raw
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; check the -c/--config path.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, got {type(data).__name__}.")
-    return data
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key; any other value (lists included) replaces the old one."""
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one ``a.b.c=value`` (value parsed as YAML; list items by index, ``terms.0.weight=1``)."""
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {item!r} must look like 'dotted.key=value', e.g. train.epochs=5.")
-    value = yaml.safe_load(text) if text.strip() else None
-    parts = key.strip().split(".")
-    node: Any = raw
-    for depth, part in enumerate(parts[:-1]):
-        node = _child(node, part, ".".join(parts[: depth + 1]))
-    _set(node, parts[-1], value, key)
-
-
-def _child(node: Any, part: str, path: str) -> Any:
-    if isinstance(node, list):
-        return node[_index(node, part, path)]
-    if not isinstance(node, dict):
-        raise ConfigError(f"override path {path!r} goes inside a value that is not a mapping.")
-    if not isinstance(node.get(part), (dict, list)):
-        node[part] = {}
-    return node[part]
-
-
-def _set(node: Any, part: str, value: Any, path: str) -> None:
-    if isinstance(node, list):
-        node[_index(node, part, path)] = value
-    elif isinstance(node, dict):
-        node[part] = value
-    else:
-        raise ConfigError(f"override path {path!r} goes inside a value that is not a mapping.")
-
-
-def _index(node: list, part: str, path: str) -> int:
-    if not re.fullmatch(r"-?\d+", part) or not -len(node) <= int(part) < len(node):
-        raise ConfigError(f"override {path!r}: {part!r} is not an index of a list of {len(node)} items.")
-    return int(part)
-
-
-def validate_config(raw: dict[str, Any]) -> RunConfig:
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, raw)) from None
-
-
-def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
-    # For `number | {start, end}` unions given a mapping, the "not a number" branch is noise.
-    errors = [e for e in exc.errors() if not (isinstance(e["input"], dict) and e["type"].startswith("float"))]
-    lines = [_describe_one(err, raw) for err in errors or exc.errors()]
-    return "invalid config: " + (lines[0] if len(lines) == 1 else "\n  - " + "\n  - ".join(lines))
-
-
-def _describe_one(err: dict[str, Any], raw: dict[str, Any], root: type[BaseModel] | None = None) -> str:
-    loc = _user_loc(raw, err["loc"])
-    path = ".".join(str(p) for p in loc)
-    if err["type"] == "extra_forbidden":
-        valid = _fields_at(root or RunConfig, loc[:-1])
-        hint = did_you_mean(str(loc[-1]), valid) or f" Valid keys here: {', '.join(sorted(valid))}."
-        return f"unknown key {path!r} (value {err['input']!r}).{hint}"
-    if err["type"] == "missing":
-        return f"key {path!r} is required but missing."
-    if err["type"] == "value_error" and isinstance(err.get("ctx", {}).get("error"), ConfigError):
-        return f"key {path!r}: {err['ctx']['error']}" if path else str(err["ctx"]["error"])
-    message = err["msg"].removeprefix("Value error, ").rstrip(".")
-    return f"key {path!r} has invalid value {_value_at(raw, loc)!r}: {message}."
-
-
-def _user_loc(raw: Any, loc: tuple[Any, ...]) -> list[Any]:
-    """The key path as the user wrote it: pydantic inserts union members (``int``, ``tuple[int, int]``)
-    and validator names into error locations, which are not keys of the config."""
-    path, node = [], raw
-    for part in loc:
-        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int):
-            node = node[part] if not isinstance(node, list) or part < len(node) else None
-        elif isinstance(part, str) and (
-            part.startswith("function-") or "[" in part or part in _TYPE_TAGS or part[:1].isupper()
-        ):
-            continue
-        else:
-            node = None
-        path.append(part)
-    return path
-
-
-_TYPE_TAGS = {"int", "float", "str", "bool", "list", "dict", "tuple", "none", "literal"}
-
-
-def _fields_at(model: type[BaseModel], loc: list[Any]) -> list[str]:
-    """Valid field names of the sub-model that `loc` points into (walks through lists/optionals)."""
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        sub = _model_in(field.annotation) if field else None
-        if sub is None:
-            return []
-        model = sub
-    return list(model.model_fields)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _value_at(raw: Any, loc: list[Any]) -> Any:
-    node = raw
-    for part in loc:
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            return "<not given>"
-    return node
-
-
-def save_config(config: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
