@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdforge.config import RunConfig, load_config
-from kdforge.engine.checkpoint import FORMAT, load_checkpoint
+from kdforge.engine.checkpoint import FORMAT
 from kdforge.engine.evaluate import evaluate
 from kdforge.errors import CheckpointError, ConfigError
 from kdforge.export import export_all
@@ -40,20 +40,21 @@ def student_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
     """The student's weights in `path` (the EMA's when a kdforge checkpoint has one) and its class names."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; use best, last or a file path.")
-    if _is_kdforge(path):
-        ckpt = load_checkpoint(path)
+    ckpt = _kdforge_checkpoint(path)
+    if ckpt is not None:
         return (ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["student"]), ckpt.get("classes")
     return read_state_dict(path), None
 
 
-def _is_kdforge(path: Path) -> bool:
+def _kdforge_checkpoint(path: Path) -> dict | None:
+    """The file's contents when it is a kdforge training checkpoint (read once), else None."""
     if path.suffix != ".pt":
-        return False
+        return None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not ours; read_state_dict gives the precise error
-        return False
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
+        return None
+    return obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None
 
 
 def load_student(config: RunConfig, num_classes: int | None, state: dict[str, torch.Tensor], what: str) -> nn.Module:

@@ -20,7 +20,7 @@ from kdforge.distill.losses import build_term
 from kdforge.distill.losses.dense import expose_attention
 from kdforge.distill.schedule import EpochSettings, epoch_settings
 from kdforge.engine.checkpoint import load_checkpoint
-from kdforge.engine.evaluate import evaluate, resolve_amp, to_device
+from kdforge.engine.evaluate import evaluate, to_device
 from kdforge.engine.logger import RunLogger
 from kdforge.engine.trainer import Trainer
 from kdforge.errors import ConfigError
@@ -149,13 +149,14 @@ def train(
     if resume is not None:
         trainer.resume(resume)
     try:
-        teachers_metrics = _evaluate_teachers(config, distiller, val_loader, task, device, logger)
+        teachers_metrics = _evaluate_teachers(config, distiller, val_loader, task, device, trainer.amp, logger)
         teacher_metrics = next(iter(teachers_metrics.values()), {})
         metrics = trainer.fit()
-        best = _best_metrics(trainer, run_dir)
+        best_ckpt = _best_checkpoint(run_dir)
+        best = dict(best_ckpt["metrics"]) if best_ckpt is not None else trainer.last_metrics
         summary = _summary(config, distiller, trainer, metrics, best, teachers_metrics)
         if run_dir is not None:
-            export_student(_exported_network(trainer, run_dir), None, run_dir / "student.safetensors")
+            export_student(_exported_network(trainer, best_ckpt), None, run_dir / "student.safetensors")
             write_summary(summary, run_dir / "summary.json")
         if config.log.verbose:
             print_summary(summary)
@@ -165,7 +166,13 @@ def train(
 
 
 def _evaluate_teachers(
-    config: RunConfig, distiller: Distiller, loader: DataLoader, task: Task, device: torch.device, logger: RunLogger
+    config: RunConfig,
+    distiller: Distiller,
+    loader: DataLoader,
+    task: Task,
+    device: torch.device,
+    amp: str,
+    logger: RunLogger,
 ) -> dict[str, dict[str, float]]:
     """Each teacher's metrics before training starts, so a bad teacher shows before hours are spent on it."""
     results = {}
@@ -176,27 +183,23 @@ def _evaluate_teachers(
                 "pretrained weights): set its checkpoint (--teacher-checkpoint) to distil a trained teacher."
             )
         model = nn.Sequential(distiller.teacher_inputs[name], distiller.teachers[name])
-        results[name] = metrics = evaluate(model, loader, task, device, resolve_amp(config.train.amp, device))
+        results[name] = metrics = evaluate(model, loader, task, device, amp)
         logger.log("teacher", 0, {"teacher": name, **{f"teacher/{name}/{k}": v for k, v in metrics.items()}})
         logger.message(f"{_role(name)}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return results
 
 
-def _best_metrics(trainer: Trainer, run_dir: Path | None) -> dict[str, float]:
+def _best_checkpoint(run_dir: Path | None) -> dict[str, Any] | None:
+    """The run's best checkpoint, read once for its metrics and its weights (None when there is none)."""
     path = run_dir / "checkpoints" / "best.pt" if run_dir else None
-    if path is None or not path.is_file():
-        return trainer.last_metrics
-    return dict(load_checkpoint(path)["metrics"])
+    return load_checkpoint(path) if path is not None and path.is_file() else None
 
 
-def _exported_network(trainer: Trainer, run_dir: Path) -> nn.Module:
-    """The best checkpoint's student (its EMA when EMA is on), loaded into a copy of the network."""
-    best = run_dir / "checkpoints" / "best.pt"
+def _exported_network(trainer: Trainer, best: dict[str, Any] | None) -> nn.Module:
+    """The best checkpoint's student (its EMA when EMA is on), loaded into the trained network."""
     net = trainer.ema.module if trainer.ema is not None else trainer.student_net
-    if best.is_file():
-        ckpt = load_checkpoint(best)
-        state = ckpt["ema"]["module"] if trainer.ema is not None and ckpt["ema"] else ckpt["student"]
-        net.load_state_dict(state)
+    if best is not None:
+        net.load_state_dict(best["ema"]["module"] if trainer.ema is not None and best["ema"] else best["student"])
     return net
 
 

@@ -28,6 +28,7 @@ class ModelEma:
         self._float_keys = [k for k, v in ema_state.items() if v.is_floating_point()]
         self._int_keys = [k for k, v in ema_state.items() if not v.is_floating_point()]
         self._float_ema = [ema_state[k] for k in self._float_keys]
+        self._int_ema = [ema_state[k] for k in self._int_keys]
 
     def current_decay(self) -> float:
         return self.decay * (1 - math.exp(-self.updates / 2000)) if self.warmup else self.decay
@@ -37,9 +38,8 @@ class ModelEma:
         self.updates += 1
         live = model.state_dict()
         torch._foreach_lerp_(self._float_ema, [live[k] for k in self._float_keys], 1.0 - self.current_decay())
-        ema_state = self.module.state_dict()
-        for key in self._int_keys:
-            ema_state[key].copy_(live[key])
+        for ema_tensor, key in zip(self._int_ema, self._int_keys, strict=True):
+            ema_tensor.copy_(live[key])
 
     def state_dict(self) -> dict[str, Any]:
         return {"module": self.module.state_dict(), "updates": self.updates}
