@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kdforge.config import RunConfig, validate_config
+from kdforge.config import validate_config
 from kdforge.pipeline import RunResult, train
 from kdforge.report.summary import format_params
 
@@ -101,7 +101,7 @@ def run_demo(out: Path, seeds: int = 1, console: Console | None = None) -> dict[
         alone.append(train(validate_config(configs["student_alone"])))
         console.print(f"3/3 student distilled from the teacher (seed {seed}) ...")
         kd.append(train(validate_config(configs["student_kd"])))
-    result = _table_numbers(teacher_cfg, teacher, alone, kd)
+    result = _table_numbers(teacher, alone, kd)
     _print_table(result, console)
     return result
 
@@ -117,9 +117,7 @@ def _acc(results: list[RunResult]) -> list[float]:
     return [r.metrics["val/acc1"] for r in results]
 
 
-def _table_numbers(
-    teacher_cfg: RunConfig, teacher: RunResult, alone: list[RunResult], kd: list[RunResult]
-) -> dict[str, Any]:
+def _table_numbers(teacher: RunResult, alone: list[RunResult], kd: list[RunResult]) -> dict[str, Any]:
     t_params = teacher.summary["student"]["params"]
     s_params = alone[0].summary["student"]["params"]
     return {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from kdforge.config.loading import set_dotted
 from kdforge.errors import ConfigError
 
 DEFAULT_ALPHA, DEFAULT_TEMPERATURE = 0.7, 4.0
@@ -39,7 +40,7 @@ def apply_short_flags(raw: dict[str, Any], flags: dict[str, Any]) -> dict[str, A
         )
     for flag, key in PLAIN_FLAGS.items():
         if flags.get(flag) is not None:
-            _set(raw, key, flags[flag])
+            set_dotted(raw, key, flags[flag])
     if raw.get("teacher") and (flags.get("teacher") or flags.get("alpha") is not None or flags.get("temperature")):
         _set_kd(raw, flags.get("alpha"), flags.get("temperature"))
     return raw
@@ -70,13 +71,3 @@ def _set_kd(raw: dict[str, Any], alpha: float | None, temperature: float | None)
         distill["task_weight"] = 1.0 - alpha
     if temperature is not None:
         kd["temperature"] = temperature
-
-
-def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    node = raw
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[last] = value

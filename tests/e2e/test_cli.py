@@ -125,24 +125,26 @@ def test_class_count_mismatch_is_named(folders, tmp_path, capsys):
     assert "teacher predicts 5 classes but the dataset has 10" in err
 
 
+def _teacher_checkpoint_args(folders: Path, out: Path, checkpoint: Path) -> list[str]:
+    """Distil from a 16-32 zoo CNN teacher loaded from `checkpoint`."""
+    return _train_args(
+        folders,
+        out,
+        "--teacher",
+        CNN,
+        "--teacher-checkpoint",
+        str(checkpoint),
+        "--set",
+        "teacher.kwargs={widths: [16, 32]}",
+    )
+
+
 def test_checkpoint_that_does_not_fit_lists_the_keys(folders, tmp_path, capsys):
     from kdforge.models.zoo import cnn
 
     path = tmp_path / "wrong.pth"
     torch.save({"model": cnn(num_classes=3, widths=[16, 32]).state_dict()}, path)
-    err = _error_of(
-        capsys,
-        _train_args(
-            folders,
-            tmp_path,
-            "--teacher",
-            CNN,
-            "--teacher-checkpoint",
-            str(path),
-            "--set",
-            "teacher.kwargs={widths: [16, 32]}",
-        ),
-    )
+    err = _error_of(capsys, _teacher_checkpoint_args(folders, tmp_path, path))
     assert "wrong shape" in err and "head.weight" in err and "(3, 32)" in err
 
 
@@ -151,16 +153,7 @@ def test_pickled_checkpoint_is_refused_without_trust(folders, tmp_path, capsys):
 
     path = tmp_path / "whole_model.pt"
     torch.save(cnn(num_classes=10, widths=[16, 32]), path)
-    args = _train_args(
-        folders,
-        tmp_path,
-        "--teacher",
-        CNN,
-        "--teacher-checkpoint",
-        str(path),
-        "--set",
-        "teacher.kwargs={widths: [16, 32]}",
-    )
+    args = _teacher_checkpoint_args(folders, tmp_path, path)
     assert "trust_checkpoint: true" in _error_of(capsys, args)
     assert main([*args, "--set", "teacher.trust_checkpoint=true"]) == 0
 

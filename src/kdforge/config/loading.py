@@ -65,8 +65,12 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {item!r} must look like 'dotted.key=value', e.g. train.epochs=5.")
-    value = yaml.safe_load(text) if text.strip() else None
-    parts = key.strip().split(".")
+    set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key = "a.b.c"``, creating mappings on the way (list items by index)."""
+    parts = key.split(".")
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
         node = _child(node, part, ".".join(parts[: depth + 1]))

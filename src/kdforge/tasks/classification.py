@@ -25,17 +25,21 @@ class ClassificationTask(Task):
     name = "classification"
 
     def datasets(self) -> tuple[Dataset, Dataset]:
-        cfg = self.config.data
-        train, train_raw = build_dataset(cfg, "train")
-        val, val_raw = build_dataset(cfg, "val")
-        names = class_names(train_raw, cfg.num_classes)
-        val_names = class_names(val_raw, cfg.num_classes)
+        train, train_raw = build_dataset(self.config.data, "train")
+        val = self.eval_dataset()
+        names, val_names = class_names(train_raw, self.config.data.num_classes), self.class_names
         if names != val_names:
             raise DataError(
                 f"train and val splits have different classes ({len(names)} vs {len(val_names)}): "
                 f"only in train: {sorted(set(names) - set(val_names))[:10]}, "
                 f"only in val: {sorted(set(val_names) - set(names))[:10]}. Give both splits the same class folders."
             )
+        return train, val
+
+    def eval_dataset(self) -> Dataset:
+        cfg = self.config.data
+        val, val_raw = build_dataset(cfg, "val")
+        names = class_names(val_raw, cfg.num_classes)
         if cfg.num_classes is not None and cfg.num_classes < len(names):
             raise DataError(
                 f"data.num_classes={cfg.num_classes} but the dataset has {len(names)} classes "
@@ -43,12 +47,6 @@ class ClassificationTask(Task):
             )
         self.class_names = names
         self.num_classes = cfg.num_classes or len(names)
-        return train, val
-
-    def eval_dataset(self) -> Dataset:
-        val, val_raw = build_dataset(self.config.data, "val")
-        self.class_names = class_names(val_raw, self.config.data.num_classes)
-        self.num_classes = self.config.data.num_classes or len(self.class_names)
         return val
 
     def to_outputs(self, raw: Any) -> Outputs:
