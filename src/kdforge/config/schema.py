@@ -44,6 +44,7 @@ class AugmentConfig(_Strict):
     """timm-style training augmentation for image folders."""
 
     scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = Field(0.5, ge=0.0, le=1.0)
     color_jitter: float | None = Field(0.4, ge=0.0)
     auto_augment: str | None = None
@@ -55,6 +56,13 @@ class AugmentConfig(_Strict):
     def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
         if not 0.0 < value[0] <= value[1] <= 1.0:
             raise ValueError("scale must be (min, max) with 0 < min <= max <= 1")
+        return value
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < value[0] <= value[1]:
+            raise ValueError("ratio must be (min, max) aspect ratios with 0 < min <= max")
         return value
 
 
@@ -75,6 +83,8 @@ class DataConfig(_Strict):
     val_batch_size: int | None = Field(None, gt=0)
     num_workers: int = Field(2, ge=0)
     pin_memory: bool = True
+    persistent_workers: bool = True  # keep workers alive between epochs (with num_workers > 0)
+    prefetch_factor: int | None = Field(None, ge=1)  # batches each worker loads ahead (torch default: 2)
     labelled_fraction: float = Field(1.0, gt=0.0, le=1.0)
     labelled_per_class: int | None = Field(None, gt=0)
     split_seed: int = 0
@@ -326,12 +336,41 @@ class TrainConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     max_nonfinite_steps: int = Field(5, ge=1)
     compile_student: bool = False
+    channels_last: bool = False  # student weights and 4-D inputs in channels-last memory format (faster convs on GPU)
     eval_every_epochs: int = Field(1, ge=1)
 
     @field_validator("amp", mode="before")
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+
+class TeacherRuntimeConfig(_Strict):
+    """How the frozen teachers run: their own device (e.g. ``cpu`` while the student trains on ``cuda``),
+    weight precision, ``torch.compile`` for inference, channels-last memory format."""
+
+    device: str | None = None  # None: the run's device
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp32 weights (autocast still applies)
+    compile: bool = False
+    channels_last: bool = False
+
+
+class CacheConfig(_Strict):
+    """Teacher-output cache: the teacher runs once over the training set, training reads its outputs.
+
+    Stores fp16 (or fp32) features at the teacher's taps and the top-``logits_topk`` logits (all of them
+    with ``full_logits``). A random augmentation pipeline needs ``views``: that many augmented views per
+    sample are cached with their augmentation parameters, and each epoch replays one of them per sample.
+    """
+
+    enabled: bool = False
+    dir: str = "cache"
+    logits_topk: int = Field(32, ge=1)
+    full_logits: bool = False
+    dtype: Literal["fp16", "fp32"] = "fp16"
+    views: int | None = Field(None, ge=1)  # None: 1 view for a deterministic pipeline, refused for a random one
+    batch_size: int | None = Field(None, gt=0)  # for building; default data.batch_size
+    seed: int = 0  # seeds the cached views' augmentation parameters
 
 
 class OutputConfig(_Strict):
@@ -360,6 +399,8 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    teacher_runtime: TeacherRuntimeConfig = Field(default_factory=TeacherRuntimeConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

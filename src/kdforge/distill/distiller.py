@@ -9,6 +9,7 @@ several.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -96,6 +97,8 @@ class Distiller(nn.Module):
         self.term_teachers = [t.teachers or ((first,) if first else ()) for t in terms]
         self.task_weight = float(task_weight)
         self.schedule = schedule
+        # ``time_section(name)`` wraps the teacher's forward; the trainer sets it to its step timer's.
+        self.time_section: Callable[[str], AbstractContextManager] = _untimed
         for net in self.teachers.values():
             net.requires_grad_(False)
             net.eval()
@@ -174,7 +177,7 @@ class Distiller(nn.Module):
         """The named teachers' outputs, computed under inference mode."""
         result = {}
         for name in names:
-            with torch.inference_mode():
+            with self.time_section("teacher"), torch.inference_mode():
                 outputs = self.teachers[name](self.teacher_inputs[name](batch["input"]))
             # Inference tensors cannot be saved for backward; a clone makes them ordinary constants.
             result[name] = {k: v.clone() for k, v in outputs.items()}
@@ -211,6 +214,10 @@ class Distiller(nn.Module):
             "teacher": teachers.get(first, {}),
             "teachers": teachers,
         }
+
+
+def _untimed(name: str) -> AbstractContextManager:
+    return nullcontext()
 
 
 def _named(value: nn.Module | Mapping[str, nn.Module] | None) -> dict[str, nn.Module]:
