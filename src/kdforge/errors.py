@@ -41,6 +41,14 @@ class UntrustedCheckpointError(CheckpointError):
     """A checkpoint needs unpickling of Python objects and was not marked trusted."""
 
 
+class CacheError(KDForgeError):
+    """The teacher-output cache cannot be built or read as configured."""
+
+
+class StaleCacheError(CacheError):
+    """The teacher-output cache was built for another teacher, data or settings."""
+
+
 class NonFiniteLossError(KDForgeError, FloatingPointError):
     """Training produced NaN/Inf losses too many times in a row."""
 

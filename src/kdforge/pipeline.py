@@ -12,16 +12,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from kdforge.cache.build import open_cache
+from kdforge.cache.reading import CachedTeacherDataset, TeacherCache
 from kdforge.config import RunConfig, load_config
 from kdforge.data.sampler import ResumableSampler
-from kdforge.distill.adapters import InputAdapter
-from kdforge.distill.distiller import DEFAULT_TEACHER, Distiller, WeightedTerm
+from kdforge.distill.distiller import Distiller, WeightedTerm
 from kdforge.distill.losses import build_term
 from kdforge.distill.losses.dense import expose_attention
 from kdforge.distill.schedule import EpochSettings, epoch_settings
+from kdforge.distill.teachers import build_teachers, teacher_role
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.evaluate import evaluate, to_device
-from kdforge.engine.logger import RunLogger
+from kdforge.engine.logger import RunLogger, console
 from kdforge.engine.trainer import Trainer
 from kdforge.errors import ConfigError
 from kdforge.export import export_student
@@ -46,24 +48,27 @@ def build_task(config: RunConfig) -> Task:
 
 
 def build_loaders(
-    config: RunConfig, train: Dataset, val: Dataset, device: torch.device
+    config: RunConfig, train: Dataset, val: Dataset, device: torch.device, views: int = 1
 ) -> tuple[DataLoader, DataLoader]:
-    """Train loader with a resumable sampler; both loaders get their own generators, because a loader
-    without one draws its workers' seed from the global RNG and would shift dropout after a resume."""
+    """Train loader with a resumable sampler (yielding ``(index, view)`` with cached `views`); both loaders
+    get their own generators, because a loader without one draws its workers' seed from the global RNG
+    and would shift dropout after a resume."""
     data = config.data
     if len(train) < data.batch_size:
         raise ConfigError(
             f"data.batch_size={data.batch_size} is larger than the training set ({len(train)} samples); lower it."
         )
-    common = dict(
+    common: dict[str, Any] = dict(
         num_workers=data.num_workers,
         pin_memory=data.pin_memory and device.type == "cuda",
-        persistent_workers=data.num_workers > 0,
+        persistent_workers=data.persistent_workers and data.num_workers > 0,
     )
+    if data.num_workers > 0 and data.prefetch_factor is not None:
+        common["prefetch_factor"] = data.prefetch_factor
     train_loader = DataLoader(
         train,
         batch_size=data.batch_size,
-        sampler=ResumableSampler(len(train), shuffle=True, seed=config.seed),
+        sampler=ResumableSampler(len(train), shuffle=True, seed=config.seed, views=views),
         drop_last=True,
         generator=torch.Generator(),
         **common,
@@ -78,37 +83,34 @@ def build_loaders(
     return train_loader, val_loader
 
 
-def build_distiller(config: RunConfig, task: Task, device: torch.device, example: dict[str, Any]) -> Distiller:
-    """Models (with taps), terms and the teachers' input adapters; checks class counts on one batch."""
+def build_distiller(
+    config: RunConfig,
+    task: Task,
+    device: torch.device,
+    example: dict[str, Any],
+    cache: TeacherCache | None = None,
+) -> Distiller:
+    """Models (with taps), terms and the teachers' input adapters (no teacher network when the teacher
+    outputs come from `cache`); checks class counts on one batch."""
     student_net = build_model(config.student, task.num_classes, "student")
     student = TappedModel(student_net, {**config.student.taps, **config.distill.taps.student}, task.to_outputs)
-    teachers, inputs = {}, {}
-    for name, spec in config.teacher_specs().items():
-        taps = {**spec.taps, **(config.distill.taps.teacher if name == DEFAULT_TEACHER else {})}
-        teachers[name] = TappedModel(build_model(spec, task.num_classes, _role(name)), taps, task.to_outputs)
-        if spec.input is not None:
-            inputs[name] = InputAdapter(
-                config.data.mean, config.data.std, spec.input.mean, spec.input.std, spec.input.size
-            )
+    teachers, inputs = ({}, {}) if cache else build_teachers(config, task.num_classes, task.to_outputs, device)
     if any(term.loss == "attention" for term in config.distill.terms):
-        for net in (student_net, *(t.model for t in teachers.values())):
-            expose_attention(net)  # timm's fused attention never materialises the probabilities a tap reads
+        expose_attention(student_net)  # timm's fused attention never materialises the probabilities a tap reads
     first = epoch_settings(config.distill, 0, config.train.epochs)
-    distiller = Distiller(student, teachers, task, _terms(config, first), first.task_weight, inputs, _schedule(config))
+    distiller = Distiller(
+        student, teachers, task, _terms(config, first), first.task_weight, inputs, _schedule(config), cache
+    )
     distiller.to(device)
 
     def check(student_out: dict[str, torch.Tensor], teacher_outs: dict[str, dict[str, torch.Tensor]]) -> None:
         task.check_outputs(student_out, "student")
         for name, outputs in teacher_outs.items():
-            task.check_outputs(outputs, _role(name))
+            task.check_outputs(outputs, teacher_role(name))
 
     distiller.setup(to_device(example, device), check)
     distiller.to(device)  # adapters built in setup
     return distiller
-
-
-def _role(teacher_name: str) -> str:
-    return "teacher" if teacher_name == DEFAULT_TEACHER else f"teacher {teacher_name!r}"
 
 
 def _terms(config: RunConfig, first: EpochSettings) -> list[WeightedTerm]:
@@ -124,6 +126,10 @@ def _schedule(config: RunConfig) -> Callable[[int], EpochSettings]:
     return functools.partial(epoch_settings, config.distill, total_epochs=config.train.epochs)
 
 
+def _quiet(text: str) -> None:
+    """Messages of a run with log.verbose off."""
+
+
 def first_batch(loader: DataLoader) -> dict[str, Any]:
     return next(iter(DataLoader(loader.dataset, batch_size=min(2, len(loader.dataset)))))
 
@@ -135,8 +141,12 @@ def train(
     device = setup_process(config)
     task = build_task(config)
     train_set, val_set = task.datasets()
-    train_loader, val_loader = build_loaders(config, train_set, val_set, device)
-    distiller = build_distiller(config, task, device, first_batch(train_loader))
+    cache = None
+    if config.cache.enabled:
+        cache = open_cache(config, task, train_set, val_set, device, console.print if config.log.verbose else _quiet)
+        train_set = CachedTeacherDataset(train_set, cache.reader)
+    train_loader, val_loader = build_loaders(config, train_set, val_set, device, cache.views if cache else 1)
+    distiller = build_distiller(config, task, device, first_batch(train_loader), cache)
     if distiller.needs_dataset():
         distiller.bind_dataset(train_set.targets)
         distiller.to(device)  # per-sample state (memory banks) built in bind_dataset
@@ -149,7 +159,10 @@ def train(
     if resume is not None:
         trainer.resume(resume)
     try:
-        teachers_metrics = _evaluate_teachers(config, distiller, val_loader, task, device, trainer.amp, logger)
+        if cache is not None:  # measured when the cache was built; the teacher is not loaded
+            teachers_metrics = cache.reader.manifest["teacher_metrics"]
+        else:
+            teachers_metrics = _evaluate_teachers(config, distiller, val_loader, task, device, trainer.amp, logger)
         teacher_metrics = next(iter(teachers_metrics.values()), {})
         metrics = trainer.fit()
         best_ckpt = _best_checkpoint(run_dir)
@@ -179,13 +192,13 @@ def _evaluate_teachers(
     for name, spec in config.teacher_specs().items():
         if not spec.checkpoint:
             logger.warning(
-                f"the {_role(name)} has no checkpoint, so it has random weights (kdforge never downloads "
+                f"the {teacher_role(name)} has no checkpoint, so it has random weights (kdforge never downloads "
                 "pretrained weights): set its checkpoint (--teacher-checkpoint) to distil a trained teacher."
             )
         model = nn.Sequential(distiller.teacher_inputs[name], distiller.teachers[name])
         results[name] = metrics = evaluate(model, loader, task, device, amp)
         logger.log("teacher", 0, {"teacher": name, **{f"teacher/{name}/{k}": v for k, v in metrics.items()}})
-        logger.message(f"{_role(name)}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        logger.message(f"{teacher_role(name)}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return results
 
 
@@ -212,11 +225,12 @@ def _summary(
     teachers_metrics: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
     student_params = count_parameters(trainer.student_net)
+    cached_params = distiller.cached.reader.manifest["teacher_params"] if distiller.cached is not None else {}
     teachers = [
         {
             "teacher": name,
             "name": spec.name,
-            "params": count_parameters(distiller.teachers[name]),
+            "params": cached_params[name] if cached_params else count_parameters(distiller.teachers[name]),
             "metrics": teachers_metrics.get(name, {}),
         }
         for name, spec in config.teacher_specs().items()

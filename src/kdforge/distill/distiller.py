@@ -29,6 +29,15 @@ class TaskLoss(Protocol):
     def loss(self, outputs: Outputs, batch: dict[str, Any]) -> torch.Tensor: ...
 
 
+class CachedTeachers(Protocol):
+    """Teacher outputs read from the batch (the teacher cache) instead of computed by a live teacher."""
+
+    names: list[str]
+    token_layouts: list[tuple[int, int, int]]
+
+    def outputs(self, batch: dict[str, Any], names: Sequence[str]) -> dict[str, Outputs]: ...
+
+
 @dataclass
 class WeightedTerm:
     name: str
@@ -59,7 +68,8 @@ class Distiller(nn.Module):
 
     In train mode ``forward(batch)`` returns ``{"loss", "parts", "student", "teacher", "teachers"}``
     (``teacher``: the first teacher's outputs; ``teachers``: every computed teacher's, by name). In eval
-    mode it returns the student's outputs only. No teacher gives plain supervised training.
+    mode it returns the student's outputs only. No teacher gives plain supervised training. With `cached`
+    teachers no teacher network exists: their outputs come with the batch.
 
     Args:
         student: module returning a dict of named outputs (a `TappedModel`).
@@ -69,6 +79,7 @@ class Distiller(nn.Module):
         task_weight: weight of the task loss.
         teacher_input: per teacher (same form as `teacher`), maps the batch input to its input, or None.
         schedule: ``epoch -> EpochSettings`` (phases, scheduled weights and parameters), or None.
+        cached: cached teacher outputs, used instead of `teacher` (which is then None).
     """
 
     def __init__(
@@ -80,10 +91,13 @@ class Distiller(nn.Module):
         task_weight: float = 1.0,
         teacher_input: nn.Module | Mapping[str, nn.Module] | None = None,
         schedule: Callable[[int], EpochSettings] | None = None,
+        cached: CachedTeachers | None = None,
     ) -> None:
         super().__init__()
         teachers = _named(teacher)
-        if terms and not teachers:
+        self.cached = cached
+        self.teacher_names = list(teachers) or (list(cached.names) if cached is not None else [])
+        if terms and not self.teacher_names:
             raise ValueError("distillation terms need a teacher; set teacher or remove distill.terms.")
         self.student = student
         self.teachers = nn.ModuleDict(teachers)
@@ -93,7 +107,7 @@ class Distiller(nn.Module):
         self.terms = nn.ModuleList(t.term for t in terms)
         self.term_names = [t.name for t in terms]
         self.term_weights = [float(t.weight) for t in terms]
-        first = next(iter(teachers), None)
+        first = next(iter(self.teacher_names), None)
         self.term_teachers = [t.teachers or ((first,) if first else ()) for t in terms]
         self.task_weight = float(task_weight)
         self.schedule = schedule
@@ -131,11 +145,11 @@ class Distiller(nn.Module):
         was_training = self.training
         self.eval()
         student = self.student(batch["input"])
-        teachers = self.teacher_outputs(batch, list(self.teachers))
+        teachers = self.teacher_outputs(batch, self.teacher_names)
         if check is not None:
             check(student, teachers)
-        for model in (self.student, *self.teachers.values()):
-            layout = model.token_layout() if hasattr(model, "token_layout") else None
+        layouts = [m.token_layout() for m in (self.student, *self.teachers.values()) if hasattr(m, "token_layout")]
+        for layout in layouts + (self.cached.token_layouts if self.cached is not None else []):
             if layout is not None:
                 register_token_layout(layout)  # how adapters turn this model's tokens into maps
         for index, term in enumerate(self.terms):
@@ -174,7 +188,10 @@ class Distiller(nn.Module):
                 term.bind_dataset(targets)
 
     def teacher_outputs(self, batch: dict[str, Any], names: Sequence[str]) -> dict[str, Outputs]:
-        """The named teachers' outputs, computed under inference mode."""
+        """The named teachers' outputs, computed under inference mode (or read from the cache)."""
+        if self.cached is not None:
+            with self.time_section("teacher"):
+                return self.cached.outputs(batch, names)
         result = {}
         for name in names:
             with self.time_section("teacher"), torch.inference_mode():
@@ -206,7 +223,7 @@ class Distiller(nn.Module):
         for i in active:
             parts[self.term_names[i]] = value = self.terms[i](student, self._view(i, teachers), batch)
             total = total + self.term_weights[i] * value
-        first = next(iter(self.teachers), None)
+        first = next(iter(self.teacher_names), None)
         return {
             "loss": total,
             "parts": parts,

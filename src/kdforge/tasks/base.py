@@ -30,6 +30,7 @@ class Task:
     """
 
     name = "task"
+    logit_keys: tuple[str, ...] = ()  # outputs holding class scores on axis 1: the teacher cache keeps their top-k
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config

@@ -23,6 +23,7 @@ def labelled_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.
 
 class ClassificationTask(Task):
     name = "classification"
+    logit_keys = ("logits",)
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         train, train_raw = build_dataset(self.config.data, "train")

@@ -1,0 +1,92 @@
+"""Building the frozen teachers and running them where and how ``teacher_runtime`` says.
+
+A teacher may live on its own device (e.g. the CPU while the student trains on a GPU), hold bf16 or fp16
+weights, run channels-last and compiled. Its outputs always come back on the device of its input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdforge.config import RunConfig, TeacherRuntimeConfig
+from kdforge.distill.adapters import InputAdapter
+from kdforge.distill.distiller import DEFAULT_TEACHER
+from kdforge.distill.losses.dense import expose_attention
+from kdforge.models.build import build_model
+from kdforge.models.taps import TappedModel
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def teacher_role(name: str) -> str:
+    """How a teacher is named in messages: "teacher", or "teacher 'big'" for one of several."""
+    return "teacher" if name == DEFAULT_TEACHER else f"teacher {name!r}"
+
+
+class TeacherRunner(nn.Module):
+    """A tapped teacher pinned to its runtime: moves its input to its device, dtype and memory format, and
+    its outputs back to the input's device. ``.to()`` leaves a teacher with its own device where it is."""
+
+    def __init__(self, net: TappedModel, runtime: TeacherRuntimeConfig, device: torch.device) -> None:
+        super().__init__()
+        self.net = net
+        self.pinned = runtime.device is not None
+        self.dtype = DTYPES.get(runtime.dtype)  # None for auto: fp32 weights, autocast decides the compute
+        self.channels_last = runtime.channels_last
+        net.to(device=device, dtype=self.dtype)
+        if self.channels_last:
+            net.to(memory_format=torch.channels_last)
+        self.device = device
+        if runtime.compile:
+            net.compile()  # in place: the parameters stay registered once
+
+    def train(self, mode: bool = True) -> TeacherRunner:
+        return super().train(False)  # frozen: BN statistics and dropout never change, whoever calls train()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> TeacherRunner:
+        return self if self.pinned else super()._apply(fn, recurse)
+
+    def token_layout(self) -> tuple[int, int, int] | None:
+        return self.net.token_layout()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        home = x.device
+        x = x.to(self.device if self.pinned else home, dtype=self.dtype or x.dtype, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        outputs = self.net(x)
+        return {k: v.to(home, non_blocking=True) for k, v in outputs.items()}
+
+
+def build_teachers(
+    config: RunConfig, num_classes: int | None, to_outputs: Any, device: torch.device
+) -> tuple[dict[str, TeacherRunner], dict[str, InputAdapter]]:
+    """Every configured teacher (tapped, frozen, on its runtime) and the input adapters of those whose
+    input differs from the data pipeline's.
+
+    Each is built under its own RNG seeded by ``config.seed``: a randomly initialised teacher is then the
+    same whether it is built for the cache or for a live run, and building it never shifts the global RNG
+    (so a cached run and a live run initialise and train the student identically).
+    """
+    from kdforge.runtime import resolve_device
+
+    runtime = config.teacher_runtime
+    teacher_device = resolve_device(runtime.device) if runtime.device else device
+    teachers, inputs = {}, {}
+    for name, spec in config.teacher_specs().items():
+        taps = {**spec.taps, **(config.distill.taps.teacher if name == DEFAULT_TEACHER else {})}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            net = TappedModel(build_model(spec, num_classes, teacher_role(name)), taps, to_outputs)
+        if any(term.loss == "attention" for term in config.distill.terms):
+            expose_attention(net.model)  # timm's fused attention never materialises the probabilities a tap reads
+        net.requires_grad_(False).eval()
+        teachers[name] = TeacherRunner(net, runtime, teacher_device)
+        if spec.input is not None:
+            inputs[name] = InputAdapter(
+                config.data.mean, config.data.std, spec.input.mean, spec.input.std, spec.input.size
+            )
+    return teachers, inputs
