@@ -1,4 +1,4 @@
-"""The ``kdforge`` command: train, eval, export, demo, modules."""
+"""The ``kdforge`` command: train, cache, eval, export, demo, data, methods, modules."""
 
 from __future__ import annotations
 
@@ -67,6 +67,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise KDForgeError("give a config (-c FILE) or at least --student NAME and --data DIR.")
     raw = apply_short_flags(merge_files(args.config), flags)
     train(load_config(base=raw, overrides=args.overrides))
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from kdforge.config import load_config
+    from kdforge.pipeline import build_cache
+
+    try:
+        report = build_cache(load_config(args.config, args.overrides), rebuild=args.rebuild)
+    except KeyboardInterrupt:
+        print("kdforge: cache build interrupted; rerun the same command to continue where it stopped.", file=sys.stderr)
+        return 130
+    mib = 2**20
+    print(
+        f"{report['path']}: {report['rows']} rows, {report['bytes'] / mib:.1f} MiB on disk; the same outputs in "
+        f"float32 would take {report['fp32_bytes'] / mib:.1f} MiB ({report['ratio']:.1f}x larger)"
+    )
     return 0
 
 
@@ -144,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdforge", description="Knowledge distillation for PyTorch vision models.")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    p = sub.add_parser("cache", help="run the teacher once over the training set and store its outputs")
+    p.add_argument("-c", "--config", action="append", default=[], required=True, help="YAML file; repeat to merge")
+    _add_set(p, "override one value, e.g. --set cache.views=8")
+    p.add_argument("--rebuild", action="store_true", help="replace a cache built for other settings")
     p = sub.add_parser("eval", help="evaluate a student checkpoint on validation data")
     p.add_argument("run", nargs="?", help="run directory (its config.yaml is used)")
     p.add_argument("-c", "--config", action="append", default=[], help="config YAML, when not evaluating a run")
@@ -176,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "train": cmd_train,
+    "cache": cmd_cache,
     "eval": cmd_eval,
     "export": cmd_export,
     "demo": cmd_demo,

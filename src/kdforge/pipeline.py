@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdforge.cache.build import open_cache
+from kdforge.cache.build import cache_report, open_cache
 from kdforge.cache.reading import CachedTeacherDataset, TeacherCache
 from kdforge.config import RunConfig, load_config
 from kdforge.data.sampler import ResumableSampler
@@ -134,11 +134,19 @@ def first_batch(loader: DataLoader) -> dict[str, Any]:
     return next(iter(DataLoader(loader.dataset, batch_size=min(2, len(loader.dataset)))))
 
 
-def train(
-    config: RunConfig, resume: str | Path | None = None, run_dir: Path | None = None, write: bool = True
-) -> RunResult:
-    """Train (or distil) the student described by `config`; writes a run directory when `write`."""
-    device = setup_process(config)
+@dataclass
+class RunParts:
+    """What a Trainer is built from."""
+
+    task: Task
+    train_loader: DataLoader
+    val_loader: DataLoader
+    distiller: Distiller
+    cache: TeacherCache | None
+
+
+def build_run(config: RunConfig, device: torch.device) -> RunParts:
+    """Task, data (through the teacher cache when enabled: built or continued first), loaders, distiller."""
     task = build_task(config)
     train_set, val_set = task.datasets()
     cache = None
@@ -150,6 +158,17 @@ def train(
     if distiller.needs_dataset():
         distiller.bind_dataset(train_set.targets)
         distiller.to(device)  # per-sample state (memory banks) built in bind_dataset
+    return RunParts(task, train_loader, val_loader, distiller, cache)
+
+
+def train(
+    config: RunConfig, resume: str | Path | None = None, run_dir: Path | None = None, write: bool = True
+) -> RunResult:
+    """Train (or distil) the student described by `config`; writes a run directory when `write`."""
+    device = setup_process(config)
+    parts = build_run(config, device)
+    task, distiller, cache = parts.task, parts.distiller, parts.cache
+    train_loader, val_loader = parts.train_loader, parts.val_loader
     if write and run_dir is None:
         run_dir = new_run_dir(config)
     if run_dir is not None:
@@ -176,6 +195,15 @@ def train(
     finally:
         logger.close()
     return RunResult(run_dir, metrics, best, teacher_metrics, summary)
+
+
+def build_cache(config: RunConfig, rebuild: bool = False) -> dict[str, Any]:
+    """Build (or continue, or check) the teacher cache `config` describes; returns its size report."""
+    device = setup_process(config)
+    task = build_task(config)
+    train_set, val_set = task.datasets()
+    cache = open_cache(config, task, train_set, val_set, device, console.print, rebuild)
+    return {"path": str(cache.reader.path), **cache_report(cache.reader)}
 
 
 def _evaluate_teachers(

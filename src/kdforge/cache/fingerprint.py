@@ -139,6 +139,8 @@ def _difference(old: Any, new: Any, prefix: str = "") -> str:
 
 
 def _short(value: Any, limit: int = 80) -> str:
+    if isinstance(value, str) and len(value) == 64:  # a sha256 digest: its start tells them apart
+        return value[:12]
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
