@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_step.py
+	$(PY) benchmarks/bench_speed.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -13,9 +13,15 @@ from torch.utils.data import DataLoader
 from kdforge.tasks.base import Task
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+    """The batch's tensors on `device`; with `channels_last`, a 4-D ``input`` also in channels-last memory format,
+    to match a channels-last student (a mismatch makes every conv convert it again)."""
     non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    moved = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    image = moved.get("input")
+    if channels_last and isinstance(image, torch.Tensor) and image.dim() == 4:  # (B, C, H, W)
+        moved["input"] = image.contiguous(memory_format=torch.channels_last)
+    return moved
 
 
 def autocast_context(device: torch.device, amp: str) -> Callable[[], AbstractContextManager]:
@@ -37,15 +43,21 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader: DataLoader, task: Task, device: torch.device, amp: str = "off"
+    model: nn.Module,
+    loader: DataLoader,
+    task: Task,
+    device: torch.device,
+    amp: str = "off",
+    channels_last: bool = False,
 ) -> dict[str, float]:
-    """Metrics of `model` (returning the task's outputs dict) over `loader`; restores its train/eval mode."""
+    """Metrics of `model` (returning the task's outputs dict) over `loader`; restores its train/eval mode.
+    `channels_last` feeds 4-D inputs in channels-last memory format (for a model converted to it)."""
     was_training = model.training
     model.eval()
     metrics = task.metrics()
     autocast = autocast_context(device, amp)
     for batch in loader:
-        batch = to_device(batch, device)
+        batch = to_device(batch, device, channels_last)
         with autocast():
             outputs = model(batch["input"])
         metrics.update(outputs, batch)

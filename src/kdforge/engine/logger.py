@@ -65,7 +65,7 @@ class RunLogger:
             self._progress.update(self._task_id, advance=1)
 
     def set_info(self, info: str) -> None:
-        """The text after the bar: loss parts, throughput, data-wait share."""
+        """The text after the bar: loss parts, throughput, where the step's time goes."""
         if self._progress is not None:
             self._progress.update(self._task_id, info=info)
 

@@ -18,7 +18,6 @@ class StepMeter:
         self.sums: dict[str, torch.Tensor] = {}
         self.pending: dict[str, torch.Tensor] = {}
         self.micro_steps = self.samples = self.pending_steps = self.pending_samples = 0
-        self.data_s = self.compute_s = 0.0
         self.start = time.perf_counter()
 
     def add(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], samples: int) -> None:
@@ -43,9 +42,9 @@ class StepMeter:
         self.pending, self.pending_steps, self.pending_samples = {}, 0, 0
 
     def means(self) -> dict[str, float]:
-        """Mean loss and parts per micro-step, throughput and the data-wait / compute split."""
+        """Mean loss and parts per micro-step, and throughput (where the time goes is `StepTimer`'s job)."""
         count = max(self.micro_steps, 1)
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         values = {name: float(total) / count for name, total in self.sums.items()}
-        values.update(samples_per_s=self.samples / elapsed, data_s=self.data_s, compute_s=self.compute_s)
+        values["samples_per_s"] = self.samples / elapsed
         return values

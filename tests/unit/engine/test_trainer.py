@@ -11,6 +11,7 @@ from torch import nn
 
 from kdforge.config import ModelSpec
 from kdforge.engine.checkpoint import load_checkpoint
+from kdforge.engine.evaluate import to_device
 from kdforge.engine.trainer import Trainer
 from kdforge.errors import ConfigError, NonFiniteLossError
 from kdforge.pipeline import resume_config, train
@@ -133,6 +134,7 @@ def test_checkpoint_files_and_pruning(make_config):
 
 def test_teacher_weights_are_bit_identical_after_training(make_config, monkeypatch, tmp_path):
     from kdforge import pipeline
+    from kdforge.distill import teachers
     from kdforge.models.zoo import cnn
 
     torch.manual_seed(3)
@@ -146,6 +148,7 @@ def test_teacher_weights_are_bit_identical_after_training(make_config, monkeypat
         return built[role]
 
     monkeypatch.setattr(pipeline, "build_model", recording_build_model)
+    monkeypatch.setattr(teachers, "build_model", recording_build_model)
     result = train(make_config(teacher={"checkpoint": str(path)}))
 
     assert result.summary["steps"] == 12  # the student did train
@@ -273,3 +276,56 @@ def test_resume_with_ema_switched_on_starts_the_ema_from_the_resumed_weights(mak
     assert final["ema"]["updates"] == 6  # updated on each step after the resume only
     meta = json.loads((run_dir / "meta.json").read_text())
     assert len(meta["resumes"]) == 1 and "git" in meta  # the original record is kept
+
+
+# --- channels-last --------------------------------------------------------------------------------
+
+
+CHANNELS_LAST = torch.channels_last
+RGB = dict(
+    data={"in_chans": 3, "mean": [0.0] * 3, "std": [1.0] * 3},
+    student={"kwargs": {"in_chans": 3}},
+    teacher={"kwargs": {"in_chans": 3}},
+)
+
+
+def _trainers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Trainer, list[bool]]]:
+    """The Trainers built from now on, each with whether its student's inputs (train and eval) were channels-last."""
+    made: list[tuple[Trainer, list[bool]]] = []
+    original = Trainer.__init__
+
+    def init(self: Trainer, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        seen: list[bool] = []
+        for net in (self.student_net, self.ema.module):
+            net.register_forward_pre_hook(lambda _m, x: seen.append(x[0].is_contiguous(memory_format=CHANNELS_LAST)))
+        made.append((self, seen))
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+    return made
+
+
+def test_channels_last_student_trains_to_the_same_weights(make_config, monkeypatch):
+    trainers = _trainers(monkeypatch)
+    for name, channels_last in (("plain", False), ("channels_last", True)):
+        train_cfg = {"epochs": 1, "ema": {"decay": 0.9}, "channels_last": channels_last}
+        train(make_config(**RGB, train=train_cfg, output={"name": name}))
+    (plain, plain_seen), (fast, fast_seen) = trainers
+
+    for net in (fast.student_net, fast.ema.module):
+        convs = [p for p in net.parameters() if p.dim() == 4]
+        assert convs and all(p.is_contiguous(memory_format=CHANNELS_LAST) and not p.is_contiguous() for p in convs)
+    assert fast_seen and all(fast_seen)  # training and evaluation inputs
+    assert plain_seen and not any(plain_seen)
+    expected = plain.student_net.state_dict()
+    for key, value in fast.student_net.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_to_device_makes_only_4d_inputs_channels_last():
+    images = {"input": torch.randn(2, 3, 4, 4), "target": torch.zeros(2, 3, 4, 4)}
+    moved = to_device(images, torch.device("cpu"), channels_last=True)
+    assert moved["input"].is_contiguous(memory_format=CHANNELS_LAST) and not moved["input"].is_contiguous()
+    assert moved["target"].is_contiguous()  # only the input is converted
+    tokens = torch.randn(2, 5, 7)
+    assert to_device({"input": tokens}, torch.device("cpu"), channels_last=True)["input"] is tokens

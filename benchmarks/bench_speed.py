@@ -1,22 +1,21 @@
-"""Per-step overhead of kdforge's Trainer against a minimal hand-written PyTorch KD loop.
+"""Speed of distillation in one process: a hand-written PyTorch KD loop, kdforge with the live teacher,
+kdforge reading the teacher cache, and kdforge training the student alone; plus the cache's size.
 
-Both loops run in this one process on the same teacher (shared, frozen), identical student copies,
-the same optimizer/schedule settings and identical in-memory DataLoaders (``build_loaders`` over the
-same synthetic tensors, ``num_workers=0``), so only the per-step loop overhead differs:
+Every kdforge loop is the real ``Trainer._train_epoch`` path built by ``kdforge.pipeline.build_run``
+(``run_dir=None``, no progress bar, no TensorBoard); evaluation is never run. All loops train identical
+student copies on identical in-memory data (``num_workers=0``) with the same optimizer and schedule:
 
-  (a) hand-written: teacher forward under ``torch.inference_mode``, student forward,
-      ``(1 - alpha) * CE + alpha * T^2 * KL(batchmean)`` in float32, backward, AdamW step,
-      cosine ``LambdaLR`` step, ``zero_grad(set_to_none=True)``;
-  (b) kdforge: the real ``Trainer._train_epoch`` path (``train.max_steps_per_epoch = --steps``),
-      built through ``kdforge.pipeline`` (build_task / build_loaders / build_distiller) with
-      ``run_dir=None``, progress bar and TensorBoard off. Evaluation is never run (``_end_epoch`` is
-      not called); only ``_train_epoch`` is timed.
+  hand-written   teacher forward under ``torch.inference_mode``, student forward,
+                 ``(1 - alpha) * CE + alpha * T^2 * KL(batchmean)`` in float32, backward, AdamW, cosine step;
+  kdforge live   the same work through kdforge (distill.terms: kd);
+  kdforge cache  the teacher's top-k logits read from a cache built once before timing (the build is timed
+                 separately); the teacher network is never built;
+  student alone  kdforge with no teacher (task loss only).
 
-After one warm-up block each, blocks of ``--steps`` steps alternate for ``--rounds`` rounds (the
-order flips every round, AB BA AB ..., so a slow drift of the machine does not favour one side) and
-the median per-round ratio kdforge/hand-written is reported.
+After warm-up blocks, blocks of ``--steps`` steps run for ``--rounds`` rounds, the order rotating every
+round so a slow drift of the machine favours no loop; medians of per-round ratios are reported.
 
-Run:  .venv/bin/python benchmarks/bench_step.py [--threads 1] [--steps 20] [--rounds 5] [--profile]
+Run:  .venv/bin/python benchmarks/bench_speed.py [--threads 1] [--steps 10] [--rounds 5] [--topk 32]
 """
 
 from __future__ import annotations
@@ -30,9 +29,11 @@ import itertools
 import math
 import pstats
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,10 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from kdforge.cache.build import cache_report
 from kdforge.config import RunConfig, validate_config
+from kdforge.engine.evaluate import to_device
 from kdforge.engine.logger import RunLogger
 from kdforge.engine.trainer import Trainer
-from kdforge.pipeline import build_distiller, build_loaders, build_task, first_batch
+from kdforge.pipeline import build_loaders, build_run
 from kdforge.runtime import setup_process
 
 ALPHA = 0.7  # weight of the KD term; the task (CE) loss gets 1 - ALPHA
@@ -78,13 +81,18 @@ def make_dataset(split: str, size: int, val_size: int, image_size: int, num_clas
 
 
 # ---------------------------------------------------------------- setup
-def bench_config(args: argparse.Namespace, blocks: int) -> RunConfig:
+MODES = ("hand-written", "kdforge live", "kdforge cache", "student alone")
+
+
+def bench_config(args: argparse.Namespace, blocks: int, mode: str, cache_dir: str) -> RunConfig:
+    """The run config of one kdforge loop: ``live``, ``cache`` or ``alone``."""
+    kd = mode != "alone"
     return validate_config(
         {
             "seed": 0,
             "device": args.device,
             "threads": args.threads,
-            "teacher": {"source": "timm", "name": args.teacher},
+            "teacher": {"source": "timm", "name": args.teacher} if kd else None,
             "student": {"source": "timm", "name": args.student},
             "data": {
                 "dataset": "import",
@@ -102,9 +110,10 @@ def bench_config(args: argparse.Namespace, blocks: int) -> RunConfig:
                 "pin_memory": False,
             },
             "distill": {
-                "task_weight": 1.0 - ALPHA,
-                "terms": [{"loss": "kd", "weight": ALPHA, "temperature": TEMPERATURE}],
+                "task_weight": 1.0 - ALPHA if kd else 1.0,
+                "terms": [{"loss": "kd", "weight": ALPHA, "temperature": TEMPERATURE}] if kd else [],
             },
+            "cache": {"enabled": mode == "cache", "dir": cache_dir, "logits_topk": args.topk},
             "train": {
                 "epochs": blocks,  # one _train_epoch call per block: the cosine schedule spans the whole run
                 "max_steps_per_epoch": args.steps,
@@ -112,9 +121,16 @@ def bench_config(args: argparse.Namespace, blocks: int) -> RunConfig:
                 "optimizer": {"name": "adamw", "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": BETAS},
                 "schedule": {"name": "cosine"},
             },
-            "log": {"tensorboard": False, "progress": False},
+            "log": {"tensorboard": False, "progress": False, "verbose": False},
         }
     )
+
+
+def build_trainer(config: RunConfig) -> Trainer:
+    device = setup_process(config)  # threads + seeds, as `kdforge train` does: every student starts the same
+    parts = build_run(config, device)
+    logger = RunLogger(None, tensorboard=False, progress=False)
+    return Trainer(config, parts.distiller, parts.task, parts.train_loader, parts.val_loader, device, None, logger)
 
 
 def amp_context(device: torch.device, amp: str) -> Callable[[], AbstractContextManager]:
@@ -122,35 +138,6 @@ def amp_context(device: torch.device, amp: str) -> Callable[[], AbstractContextM
         return nullcontext
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-class StepClock:
-    """Per-step timestamps: a second, burst-robust estimate (median step time) next to block rates."""
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def tick(self) -> None:
-        self.stamps.append(time.perf_counter())
-
-    def step_times(self) -> list[float]:
-        """Durations of steps 2.. of the last block (the first also creates the loader iterator)."""
-        return [b - a for a, b in itertools.pairwise(self.stamps)]
-
-
-class ClockLogger(RunLogger):
-    """kdforge's silent logger (``run_dir=None``, no progress, no TensorBoard) that also stamps each step.
-
-    `Trainer._train_epoch` calls ``logger.advance()`` once per batch, after the step's work.
-    """
-
-    def __init__(self, clock: StepClock) -> None:
-        super().__init__(None, tensorboard=False, progress=False)
-        self.clock = clock
-
-    def advance(self) -> None:
-        super().advance()
-        self.clock.tick()
 
 
 class HandLoop:
@@ -179,7 +166,6 @@ class HandLoop:
             self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / total_steps)))
         )
         self.steps = 0
-        self.clock = StepClock()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), self.autocast():
@@ -213,7 +199,6 @@ class HandLoop:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.steps += 1
-            self.clock.tick()
 
 
 def kdforge_block(trainer: Trainer) -> None:
@@ -251,8 +236,8 @@ def check_same_loss(trainer: Trainer, hand: HandLoop, batch: dict[str, Any], dev
     return abs(float(ours) - float(theirs))
 
 
-def profile_blocks(trainer: Trainer, hand: HandLoop, steps: int, top: int) -> None:
-    for name, fn in (("hand-written", lambda: hand.run(steps)), ("kdforge", lambda: kdforge_block(trainer))):
+def profile_blocks(loops: dict[str, Callable[[], None]], steps: int, top: int) -> None:
+    for name, fn in loops.items():
         profiler = cProfile.Profile()
         profiler.enable()
         fn()
@@ -269,26 +254,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one block of each loop each)")
     parser.add_argument("--warmup-rounds", type=int, default=1, help="untimed blocks of each loop first")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--teacher", default="resnet18", help="timm model name")
-    parser.add_argument("--student", default="resnet10t", help="timm model name")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--topk", type=int, default=32, help="cache.logits_topk")
+    parser.add_argument("--teacher", default="resnet50", help="timm model name")
+    parser.add_argument("--student", default="lcnet_050", help="timm model name")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     parser.add_argument(
         "--amp",
         default="auto",
         choices=["auto", "off", "bf16", "fp16"],
         help="kdforge's train.amp (auto: bf16 on CUDA, off on CPU); the hand loop matches",
-    )
-    parser.add_argument(
-        "--order",
-        default="alternate",
-        choices=["alternate", "ab"],
-        help="alternate: AB BA AB ...; ab: hand-written first in every round",
     )
     parser.add_argument("--profile", action="store_true", help="cProfile one block of each loop at the end")
     parser.add_argument("--profile-top", type=int, default=25)
@@ -299,104 +279,93 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> float:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     blocks = args.warmup_rounds + args.rounds + (1 if args.profile else 0)
-    config = bench_config(args, blocks)
-    device = setup_process(config)  # threads + seeds, as `kdforge train` does
+    with tempfile.TemporaryDirectory(prefix="kdforge-bench-cache-") as tmp:
+        cache_dir = str(Path(tmp) / "cache")
+        live = build_trainer(bench_config(args, blocks, "live", cache_dir))
+        tic = time.perf_counter()
+        cached = build_trainer(bench_config(args, blocks, "cache", cache_dir))  # builds the cache first
+        build_s = time.perf_counter() - tic
+        alone = build_trainer(bench_config(args, blocks, "alone", cache_dir))
+        return measure(args, blocks, live, cached, alone, build_s)
 
-    task = build_task(config)
-    train_set, val_set = task.datasets()
-    train_loader, val_loader = build_loaders(config, train_set, val_set, device)
-    distiller = build_distiller(config, task, device, first_batch(train_loader))
-    kd_clock = StepClock()
-    trainer = Trainer(
-        config, distiller, task, train_loader, val_loader, device, run_dir=None, logger=ClockLogger(kd_clock)
-    )
-    assert trainer.steps_per_epoch == args.steps, (trainer.steps_per_epoch, args.steps)
 
-    hand_loader, _ = build_loaders(config, train_set, val_set, device)  # identical loader, own iterator
-    hand_student = copy.deepcopy(trainer.student_net)  # same initial weights, own optimizer
-    hand = HandLoop(
-        distiller.teacher.model,
-        hand_student,
-        hand_loader,
-        device,
-        trainer.amp,
-        total_steps=blocks * trainer.optimizer_steps_per_epoch,
-    )
-    diff = check_same_loss(trainer, hand, next(iter(hand_loader)), device)
+def measure(
+    args: argparse.Namespace, blocks: int, live: Trainer, cached: Trainer, alone: Trainer, build_s: float
+) -> dict[str, float]:
+    device = live.device
+    hand_loader = build_loaders(live.cfg, live.train_loader.dataset, live.val_loader.dataset, device)[0]
+    hand_student = copy.deepcopy(live.student_net)  # same initial weights, own optimizer
+    teacher = live.distiller.teacher.net.model
+    hand = HandLoop(teacher, hand_student, hand_loader, device, live.amp, blocks * live.optimizer_steps_per_epoch)
+    batch = next(iter(hand_loader))
+    cached_batch = next(iter(DataLoader(cached.train_loader.dataset, batch_size=args.batch_size)))
+    diff = check_same_loss(live, hand, batch, device)
+    cache_diff = abs(loss_of(cached, cached_batch) - loss_of(live, batch))
+    report = cache_report(cached.distiller.cached.reader)
 
     n_params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, amp {trainer.amp}")
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, amp {live.amp}")
     print(
-        f"teacher {args.teacher} ({n_params(distiller.teacher):.2f}M), student {args.student} "
-        f"({n_params(hand_student):.2f}M), batch {args.batch_size}, "
-        f"image {args.image_size}x{args.image_size}, {args.num_classes} classes"
+        f"teacher {args.teacher} ({n_params(teacher):.2f}M), student {args.student} ({n_params(hand_student):.2f}M), "
+        f"batch {args.batch_size}, image {args.image_size}x{args.image_size}, {args.num_classes} classes"
     )
+    print(f"{args.warmup_rounds} warm-up block(s) each, then {args.rounds} rounds x {args.steps} steps per loop")
     print(
-        f"{args.warmup_rounds} warm-up block(s) each, then {args.rounds} rounds x {args.steps} steps "
-        f"per loop; order {args.order}"
+        f"loss on one batch, same weights: |kdforge live - hand-written| = {diff:.2e}, "
+        f"|kdforge cache (top-{args.topk}, fp16) - live| = {cache_diff:.2e}"
     )
-    print(f"loss check on one batch (same weights): |kdforge - hand-written| = {diff:.2e}")
-    if diff > 1e-3:
-        print("WARNING: the two loops do not compute the same loss; the comparison is not like for like")
+    mib = 2**20
+    print(
+        f"cache: {report['rows']} rows built in {build_s:.1f} s, {report['bytes'] / mib:.2f} MiB; fp32 full logits "
+        f"{report['fp32_bytes'] / mib:.2f} MiB ({report['ratio']:.1f}x larger)"
+    )
 
     loops = {
-        "hand-written": (lambda: hand.run(args.steps), hand.clock),
-        "kdforge": (lambda: kdforge_block(trainer), kd_clock),
+        "hand-written": lambda: hand.run(args.steps),
+        "kdforge live": lambda: kdforge_block(live),
+        "kdforge cache": lambda: kdforge_block(cached),
+        "student alone": lambda: kdforge_block(alone),
     }
     for _ in range(args.warmup_rounds):
-        for fn, _clock in loops.values():
+        for fn in loops.values():
             timed(fn, device)
-
-    ratios: list[float] = []
-    cpu_ratios: list[float] = []
     rates: dict[str, list[float]] = {name: [] for name in loops}
-    cpu: dict[str, float] = {}
-    step_times: dict[str, list[float]] = {name: [] for name in loops}
     for round_index in range(args.rounds):
         names = list(loops)
-        if args.order == "alternate" and round_index % 2:
-            names.reverse()
+        names = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in names:
-            fn, clock = loops[name]
-            clock.stamps = []
-            wall, cpu[name] = timed(fn, device)
+            wall, _cpu = timed(loops[name], device)
             rates[name].append(args.steps / wall)
-            step_times[name] += clock.step_times()
-        hand_sps, kd_sps = rates["hand-written"][-1], rates["kdforge"][-1]
-        ratios.append(kd_sps / hand_sps)
-        cpu_ratios.append(cpu["hand-written"] / cpu["kdforge"])
-        print(
-            f"round {round_index + 1:2d}: hand-written {hand_sps:7.3f} steps/s   "
-            f"kdforge {kd_sps:7.3f} steps/s   ratio {ratios[-1]:.3f}   "
-            f"(CPU-time ratio {cpu_ratios[-1]:.3f}; {names[0]} first)"
-        )
-
-    steps_expected = (args.warmup_rounds + args.rounds) * args.steps
-    assert hand.steps == steps_expected, (hand.steps, steps_expected)
-    assert trainer.state.global_step == steps_expected, (trainer.state.global_step, steps_expected)
-    for name, values in rates.items():
-        print(
-            f"{name:>12}: median {statistics.median(values):.3f} steps/s (min {min(values):.3f}, max {max(values):.3f})"
-        )
-    best = max(rates["kdforge"]) / max(rates["hand-written"])
-    print(f"ratio of the fastest blocks: {best:.3f}")
-    print(f"CPU-time ratio (hand-written CPU s / kdforge CPU s): median {statistics.median(cpu_ratios):.3f}")
-    if device.type == "cpu" and all(step_times.values()):  # on CUDA, unsynchronised stamps mean little
-        medians = {name: statistics.median(times) for name, times in step_times.items()}
-        print(
-            f"median step time: hand-written {1e3 * medians['hand-written']:.1f} ms, "
-            f"kdforge {1e3 * medians['kdforge']:.1f} ms, "
-            f"ratio (as steps/s) {medians['hand-written'] / medians['kdforge']:.3f} "
-            f"(over {len(step_times['kdforge'])} steps each)"
-        )
+        print(f"round {round_index + 1:2d}: " + "  ".join(f"{n} {rates[n][-1]:6.2f}" for n in loops) + " steps/s")
     if args.profile:
-        profile_blocks(trainer, hand, args.steps, args.profile_top)
-    ratio = statistics.median(ratios)
-    print(f"ratio kdforge/hand-written: {ratio:.2f} (median of {len(ratios)} rounds)")
-    return ratio
+        profile_blocks(loops, args.steps, args.profile_top)
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+
+    results = {
+        "kdforge live / hand-written (samples/s)": ratio("kdforge live", "hand-written"),
+        "cache step time / student-alone step time": ratio("student alone", "kdforge cache"),
+        "cached epoch speed-up over live": ratio("kdforge cache", "kdforge live"),
+        "teacher forward / student step (cost)": ratio("student alone", "kdforge live") - 1.0,
+        "cache size: fp32 full logits / cache": report["ratio"],
+    }
+    print()
+    for name in loops:
+        print(f"{name:>14}: {statistics.median(rates[name]) * args.batch_size:8.1f} samples/s (median)")
+    for name, value in results.items():
+        print(f"{name}: {value:.2f}")
+    return results
+
+
+def loss_of(trainer: Trainer, batch: dict[str, Any]) -> float:
+    trainer.distiller.train()
+    batch = to_device(batch, trainer.device)
+    with torch.no_grad(), trainer.autocast():
+        return float(trainer.distiller(batch)["loss"])
 
 
 if __name__ == "__main__":
