@@ -423,6 +423,10 @@ class RunConfig(_Strict):
         names = list(self.teacher_specs())
         if self.distill.terms and not names:
             raise ConfigError("distill.terms are set but there is no teacher; set teacher or remove the terms.")
+        if self.cache.enabled and not names:
+            raise ConfigError(
+                "cache.enabled stores a teacher's outputs, but there is no teacher: set one or disable it."
+            )
         if self.teachers and self.distill.taps.teacher:
             raise ConfigError(
                 "distill.taps.teacher applies to a single `teacher`; with `teachers`, put each one's taps on its "
