@@ -34,6 +34,7 @@ def _imagefolder(cfg: DataConfig, split: str) -> Dataset:
     from torchvision.datasets import ImageFolder
 
     from kdforge.data.transforms import image_transform
+    from kdforge.data.views import ReplayableImages, ViewTransform
 
     if cfg.root is None:
         raise DataError("data.root is required for dataset 'imagefolder': a folder with train/ and val/ inside.")
@@ -43,8 +44,11 @@ def _imagefolder(cfg: DataConfig, split: str) -> Dataset:
             f"dataset folder {str(folder)!r} does not exist. The imagefolder layout is "
             f"{cfg.root}/train/<class>/<image> and {cfg.root}/val/<class>/<image>."
         )
+    transform = image_transform(cfg, train=split == "train")
     try:
-        return ImageFolder(str(folder), transform=image_transform(cfg, train=split == "train"), **cfg.kwargs)
+        if isinstance(transform, ViewTransform):
+            return ReplayableImages(ImageFolder(str(folder), **cfg.kwargs), transform)
+        return ImageFolder(str(folder), transform=transform, **cfg.kwargs)
     except FileNotFoundError as exc:
         raise DataError(f"dataset folder {str(folder)!r}: {exc}") from exc
 
@@ -81,8 +85,39 @@ class BatchDict(Dataset):
         """Every sample's label as training sees it (-1 where hidden)."""
         return [UNLABELLED if i in self.hidden else t for i, t in enumerate(dataset_targets(self.dataset))]
 
+    @property
+    def replayable(self) -> bool:
+        """Whether a view can be replayed from its parameters (the dataset has ``view`` and ``sample_view``)."""
+        return hasattr(self.dataset, "view") and hasattr(self.dataset, "sample_view")
+
+    @property
+    def random(self) -> bool | None:
+        """Whether two reads of a sample can differ; None when the dataset does not say (not replayable)."""
+        return getattr(self.dataset, "random", None) if self.replayable else None
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.dataset[index]
+        return self._item(index, self.dataset[index])
+
+    def view(self, index: int, params: torch.Tensor) -> dict[str, Any]:
+        """The sample as ``__getitem__`` gives it, for the view these augmentation parameters describe."""
+        return self._item(index, self._replayable().view(index, params))
+
+    def sample_view(self, index: int, generator: torch.Generator) -> tuple[dict[str, Any], torch.Tensor]:
+        """A new view drawn from `generator`, with its augmentation parameters."""
+        image, target, params = self._replayable().sample_view(index, generator)
+        return self._item(index, (image, target)), params
+
+    def _replayable(self) -> Any:
+        if not self.replayable:
+            raise DataError(
+                f"dataset {type(self.dataset).__name__} cannot replay augmented views (it has no view/sample_view). "
+                "Use dataset 'imagefolder' without augment.auto_augment, or wrap (image, target) samples in "
+                "kdforge.data.views.ReplayableImages."
+            )
+        return self.dataset
+
+    def _item(self, index: int, sample: Any) -> dict[str, Any]:
+        """The dict a raw sample becomes: ``{"input", "target", "index"}`` (plus a dict sample's own keys)."""
         if isinstance(sample, dict):
             item = {"target": UNLABELLED, **sample}
         elif isinstance(sample, (tuple, list)) and len(sample) >= 2:

@@ -8,13 +8,21 @@ from kdforge.config import DataConfig
 
 
 def image_transform(cfg: DataConfig, train: bool) -> Callable:
-    """RandomResizedCrop + flip (+ color jitter / auto-augment) for training; resize + center crop for eval."""
+    """Training: a replayable `ViewTransform`, or timm's with auto-augment (whose ops cannot be replayed).
+
+    Evaluation: resize + center crop.
+    """
     from timm.data import create_transform
 
+    from kdforge.data.views import ViewTransform
+
     aug = cfg.augment
+    if train and aug.auto_augment is None:
+        return ViewTransform(cfg)
     common = dict(
         input_size=(cfg.in_chans, cfg.image_size, cfg.image_size),
-        interpolation=aug.interpolation,
+        # timm's eval transform has no random interpolation (KeyError); evaluate with the default, bilinear
+        interpolation="bilinear" if not train and aug.interpolation == "random" else aug.interpolation,
         mean=cfg.mean,
         std=cfg.std,
     )
@@ -24,6 +32,7 @@ def image_transform(cfg: DataConfig, train: bool) -> Callable:
         **common,
         is_training=True,
         scale=aug.scale,
+        ratio=aug.ratio,
         hflip=aug.hflip,
         color_jitter=aug.color_jitter or 0.0,
         auto_augment=aug.auto_augment,

@@ -149,3 +149,35 @@ def test_imagefolder_missing_split_names_the_folder_and_layout(tmp_path: Path) -
 def test_imagefolder_without_root() -> None:
     with pytest.raises(DataError, match="data.root is required"):
         build_dataset(DataConfig(dataset="imagefolder"), "train")
+
+
+def _png_folder(root: Path) -> None:
+    """train/ and val/ with two classes of two 12x10 PNGs each."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for n in range(4):
+            folder = root / split / f"c{n % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (12, 10), (40 * n, 100, 200)).save(folder / f"{n}.png")
+
+
+def test_imagefolder_train_split_replays_its_views(tmp_path: Path) -> None:
+    _png_folder(tmp_path)
+    cfg = DataConfig(dataset="imagefolder", root=str(tmp_path), image_size=8, labelled_per_class=1)
+    wrapped, raw = build_dataset(cfg, "train")
+    assert wrapped.replayable and wrapped.random is True and raw.classes == ["c0", "c1"]
+    assert sorted(wrapped.targets) == [UNLABELLED, UNLABELLED, 0, 1]  # labels read without decoding images
+    item, params = wrapped.sample_view(2, torch.Generator().manual_seed(0))
+    assert torch.equal(wrapped.view(2, params)["input"], item["input"]) and item["input"].shape == (3, 8, 8)
+    val, _ = build_dataset(cfg, "val")
+    assert not val.replayable and val.random is None and val[0]["input"].shape == (3, 8, 8)
+
+
+def test_imagefolder_with_auto_augment_is_not_replayable(tmp_path: Path) -> None:
+    _png_folder(tmp_path)
+    cfg = DataConfig(root=str(tmp_path), image_size=8, augment={"auto_augment": "rand-m9-mstd0.5"})
+    wrapped, _ = build_dataset(cfg, "train")
+    assert not wrapped.replayable and wrapped[0]["input"].shape == (3, 8, 8)
+    with pytest.raises(DataError, match="cannot replay augmented views"):
+        wrapped.view(0, torch.zeros(10))
