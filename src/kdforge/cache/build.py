@@ -37,12 +37,12 @@ def resolve_views(cfg: CacheConfig, dataset: Any) -> tuple[int, bool]:
     auto-augment are) and needs ``cache.views``: caching one random view and training on fresh random views
     would give the student images the teacher never saw.
     """
-    random = dataset.random if dataset.replayable else _reads_differ(dataset)
+    random = dataset.random if dataset.random is not None else _reads_differ(dataset)
     if not random:
         return 1, False
     if not dataset.replayable:
         raise CacheError(
-            "the training pipeline is random (two reads of sample 0 differ) and kdforge cannot replay its random "
+            "the training pipeline is random (reads of one sample differ) and kdforge cannot replay its random "
             "draws, so cached teacher outputs would not match what the student sees. Make the dataset's train "
             "transform deterministic, or use an image folder (whose augmentation kdforge replays) with cache.views."
         )
@@ -56,10 +56,17 @@ def resolve_views(cfg: CacheConfig, dataset: Any) -> tuple[int, bool]:
     return cfg.views, True
 
 
+PROBE_SAMPLES, PROBE_READS = 3, 8  # a coin-flip augmentation escapes 3 x 8 reads with probability 2^-21
+
+
 def _reads_differ(dataset: Dataset) -> bool:
+    """Whether repeated reads of a few samples differ: how a dataset that does not say it is random is caught."""
     with torch.random.fork_rng(devices=[]):
-        first, second = dataset[0]["input"], dataset[0]["input"]
-    return not torch.equal(first, second)
+        for index in torch.linspace(0, len(dataset) - 1, PROBE_SAMPLES).long().unique().tolist():
+            first = dataset[index]["input"]
+            if any(not torch.equal(first, dataset[index]["input"]) for _ in range(PROBE_READS - 1)):
+                return True
+    return False
 
 
 def teacher_device(config: RunConfig, device: torch.device) -> torch.device:

@@ -51,3 +51,48 @@ def test_no_shuffle_is_the_identity_order() -> None:
     sampler.set_epoch(3, start=2)
     assert list(sampler) == [2, 3, 4, 5]
     assert list(sampler) == list(range(6))
+
+
+# --- views: (index, view) pairs for a teacher cache with several views per sample ------------------
+
+
+def _pairs(length: int = 40, views: int = 3, seed: int = 0, epoch: int = 0) -> list[tuple[int, int]]:
+    sampler = ResumableSampler(length, seed=seed, views=views)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_views_yield_each_index_once_with_a_view_in_range() -> None:
+    pairs = _pairs()
+    assert all(isinstance(pair, tuple) and len(pair) == 2 for pair in pairs)
+    assert sorted(index for index, _ in pairs) == list(range(40))
+    assert {view for _, view in pairs} == {0, 1, 2}  # every view is used somewhere, none out of range
+
+
+def test_views_are_fixed_by_seed_and_epoch() -> None:
+    assert _pairs(seed=2, epoch=5) == _pairs(seed=2, epoch=5)
+    assert _pairs(seed=2, epoch=5) != _pairs(seed=2, epoch=6)
+    assert _pairs(seed=2, epoch=5) != _pairs(seed=3, epoch=5)
+    views = {tuple(view for _, view in sorted(_pairs(epoch=e))) for e in range(4)}
+    assert len(views) == 4  # a sample is not shown the same view every epoch
+
+
+def test_a_resumed_epoch_with_views_is_the_tail_of_the_full_epoch() -> None:
+    sampler = ResumableSampler(25, seed=4, views=5)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    for start in (0, 1, 11, 24, 25):
+        sampler.set_epoch(3, start=start)
+        assert len(sampler) == 25 - start
+        assert list(sampler) == full[start:]
+    assert list(sampler) == full  # the start applied once
+
+
+def test_no_shuffle_with_views_keeps_the_index_order() -> None:
+    sampler = ResumableSampler(6, shuffle=False, seed=1, views=2)
+    pairs = list(sampler)
+    assert [index for index, _ in pairs] == list(range(6)) and all(view in (0, 1) for _, view in pairs)
+
+
+def test_one_view_yields_plain_indices() -> None:
+    assert all(isinstance(index, int) for index in ResumableSampler(5, views=1))
