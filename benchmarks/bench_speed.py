@@ -261,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--topk", type=int, default=32, help="cache.logits_topk")
-    parser.add_argument("--teacher", default="resnet50", help="timm model name")
+    parser.add_argument("--teacher", default="resnet101", help="timm model name")
     parser.add_argument("--student", default="lcnet_050", help="timm model name")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     parser.add_argument(
