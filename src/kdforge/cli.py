@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except KDForgeError as exc:
         print(f"kdforge: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # a preempted run ends with 128 + the signal's number
     except KeyboardInterrupt:
         print(
             "kdforge: interrupted; the last checkpoint is intact (resume with --resume RUN_DIR).",

@@ -22,15 +22,17 @@ from kdforge.distill.losses.dense import expose_attention
 from kdforge.distill.schedule import EpochSettings, epoch_settings
 from kdforge.distill.teachers import build_teachers, teacher_role
 from kdforge.engine.checkpoint import load_checkpoint
+from kdforge.engine.distributed import barrier, current_world
 from kdforge.engine.evaluate import evaluate, to_device
 from kdforge.engine.logger import RunLogger, console
+from kdforge.engine.preemption import PREEMPTED_MARKER
 from kdforge.engine.trainer import Trainer
 from kdforge.errors import ConfigError
 from kdforge.export import export_student
 from kdforge.models.build import build_model, count_parameters
 from kdforge.models.taps import TappedModel
 from kdforge.report.summary import print_summary, write_summary
-from kdforge.runtime import new_run_dir, setup_process, write_run_files
+from kdforge.runtime import new_run_dir, run_base, setup_process, write_run_files
 from kdforge.tasks.base import TASKS, Task
 
 
@@ -65,10 +67,12 @@ def build_loaders(
     )
     if data.num_workers > 0 and data.prefetch_factor is not None:
         common["prefetch_factor"] = data.prefetch_factor
+    world = current_world()  # under torchrun, data.batch_size is per process
+    shard = dict(rank=world.rank, world=world.size)
     train_loader = DataLoader(
         train,
         batch_size=data.batch_size,
-        sampler=ResumableSampler(len(train), shuffle=True, seed=config.seed, views=views),
+        sampler=ResumableSampler(len(train), shuffle=True, seed=config.seed, views=views, **shard),
         drop_last=True,
         generator=torch.Generator(),
         **common,
@@ -76,7 +80,7 @@ def build_loaders(
     val_loader = DataLoader(
         val,
         batch_size=data.val_batch_size or data.batch_size,
-        shuffle=False,
+        sampler=ResumableSampler(len(val), shuffle=False, even=False, **shard),
         generator=torch.Generator().manual_seed(config.seed),
         **common,
     )
@@ -151,7 +155,7 @@ def build_run(config: RunConfig, device: torch.device) -> RunParts:
     train_set, val_set = task.datasets()
     cache = None
     if config.cache.enabled:
-        cache = open_cache(config, task, train_set, val_set, device, console.print if config.log.verbose else _quiet)
+        cache = _open_cache_once(config, task, train_set, val_set, device)
         train_set = CachedTeacherDataset(train_set, cache.reader)
     train_loader, val_loader = build_loaders(config, train_set, val_set, device, cache.views if cache else 1)
     distiller = build_distiller(config, task, device, first_batch(train_loader), cache)
@@ -161,19 +165,36 @@ def build_run(config: RunConfig, device: torch.device) -> RunParts:
     return RunParts(task, train_loader, val_loader, distiller, cache)
 
 
+def _open_cache_once(
+    config: RunConfig, task: Task, train_set: Dataset, val_set: Dataset, device: torch.device
+) -> TeacherCache:
+    """Under torchrun rank 0 builds (or checks) the cache while the others wait, then they open it."""
+    world = current_world()
+    say = console.print if config.log.verbose and world.is_main else _quiet
+    if world.is_main:
+        cache = open_cache(config, task, train_set, val_set, device, say)
+    barrier()
+    return cache if world.is_main else open_cache(config, task, train_set, val_set, device, say)
+
+
 def train(
     config: RunConfig, resume: str | Path | None = None, run_dir: Path | None = None, write: bool = True
 ) -> RunResult:
     """Train (or distil) the student described by `config`; writes a run directory when `write`."""
     device = setup_process(config)
+    world = current_world()
+    if write and run_dir is None and resume is None:
+        run_dir, resume = preempted_run(config)
     parts = build_run(config, device)
     task, distiller, cache = parts.task, parts.distiller, parts.cache
     train_loader, val_loader = parts.train_loader, parts.val_loader
-    if write and run_dir is None:
+    if write and run_dir is None and world.is_main:
         run_dir = new_run_dir(config)
+    run_dir = run_dir if world.is_main else None  # only rank 0 writes files
     if run_dir is not None:
         write_run_files(run_dir, config, resumed=resume is not None)
-    logger = RunLogger(run_dir, config.log.tensorboard, config.log.progress, config.log.verbose)
+    main = world.is_main
+    logger = RunLogger(run_dir, config.log.tensorboard, config.log.progress and main, config.log.verbose and main)
     trainer = Trainer(config, distiller, task, train_loader, val_loader, device, run_dir, logger)
     if resume is not None:
         trainer.resume(resume)
@@ -275,6 +296,34 @@ def _summary(
         "steps": trainer.state.global_step,
         "nonfinite_steps": trainer.state.nonfinite_total,
     }
+
+
+def preempted_run(config: RunConfig) -> tuple[Path | None, Path | None]:
+    """(run directory, last.pt) of this config's run when a signal stopped it, so the same command resumes it;
+    (None, None) when there is none."""
+    run_dir = run_base(config)
+    if not (run_dir / PREEMPTED_MARKER).is_file() or not (run_dir / "checkpoints" / "last.pt").is_file():
+        return None, None
+    saved, wanted = _flat(load_config([run_dir / "config.yaml"]).to_dict()), _flat(config.to_dict())
+    differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
+    if differing:
+        raise ConfigError(
+            f"run {str(run_dir)!r} was stopped by a signal and waits to be resumed, but this config differs from its "
+            f"config.yaml in {', '.join(differing[:8])}. Resume it with `kdforge train --resume {run_dir}` (its own "
+            f"config, plus --set for what may change), or delete {run_dir / PREEMPTED_MARKER} to start a new run."
+        )
+    console.print(f"resuming {run_dir}: it was stopped by a signal")
+    return run_dir, run_dir / "checkpoints" / "last.pt"
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def resume_target(path: str | Path) -> tuple[Path, Path]:

@@ -17,6 +17,7 @@ import torch
 
 from kdforge import __version__
 from kdforge.config import RunConfig, save_config
+from kdforge.engine.distributed import init_distributed
 from kdforge.errors import ConfigError
 
 
@@ -27,8 +28,11 @@ def default_threads() -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device `name` means; under torchrun a bare ``cuda`` is this process's GPU (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
     try:
         device = torch.device(name)
     except RuntimeError as exc:
@@ -45,16 +49,23 @@ def seed_everything(seed: int) -> None:
 
 
 def setup_process(config: RunConfig) -> torch.device:
-    """Set threads and seeds; return the device."""
+    """Set threads and seeds, join the torchrun process group when there is one; return the device."""
     torch.set_num_threads(config.threads or default_threads())
     seed_everything(config.seed)
-    return resolve_device(config.device)
+    device = resolve_device(config.device)
+    init_distributed(device.type == "cuda")
+    return device
+
+
+def run_base(config: RunConfig) -> Path:
+    """``output.dir/output.name`` (the student's name when no name is given), before any ``-2`` suffix."""
+    name = config.output.name or re.sub(r"[^A-Za-z0-9_.-]+", "-", config.student.name.split(":")[-1])
+    return Path(config.output.dir) / name
 
 
 def new_run_dir(config: RunConfig) -> Path:
     """``output.dir/output.name``, with ``-2``, ``-3``... appended when it exists (unless exist_ok)."""
-    name = config.output.name or re.sub(r"[^A-Za-z0-9_.-]+", "-", config.student.name.split(":")[-1])
-    base = Path(config.output.dir) / name
+    base = run_base(config)
     path, n = base, 2
     while path.exists() and not config.output.exist_ok:
         path, n = base.with_name(f"{base.name}-{n}"), n + 1

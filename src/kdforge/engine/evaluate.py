@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kdforge.engine.distributed import sum_attributes
 from kdforge.tasks.base import Task
 
 
@@ -62,4 +63,5 @@ def evaluate(
             outputs = model(batch["input"])
         metrics.update(outputs, batch)
     model.train(was_training)
+    sum_attributes(metrics, metrics.sums)  # under torchrun each process saw its share of the val set
     return metrics.compute()

@@ -1,14 +1,16 @@
 """The task-agnostic training loop.
 
 Epochs capped by ``max_steps_per_epoch``, gradient accumulation, AMP, clipping, a NaN/Inf guard, EMA,
-per-iteration schedule, early stopping, checkpoints (best, every N epochs, every N steps, last) and
-exact resume, including from inside an epoch.
+per-iteration schedule, early stopping, checkpoints (best, every N epochs, every N steps, last), exact
+resume (also from inside an epoch), several processes under torchrun, and a clean stop on a signal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import signal
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,11 +24,13 @@ from kdforge.config import RunConfig
 from kdforge.distill.distiller import Distiller
 from kdforge.engine.buffers import BufferSnapshot
 from kdforge.engine.checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, rng_state, set_rng_state
+from kdforge.engine.distributed import average_buffers, current_world, min_across, sum_across, wrap
 from kdforge.engine.ema import ModelEma
 from kdforge.engine.evaluate import autocast_context, evaluate, resolve_amp, to_device
 from kdforge.engine.logger import RunLogger
 from kdforge.engine.meter import StepMeter
 from kdforge.engine.optim import build_optimizer, build_scheduler
+from kdforge.engine.preemption import PREEMPTED_MARKER, Preempted, StopSignals
 from kdforge.engine.timing import StepTimer
 from kdforge.errors import CheckpointError, ConfigError, NonFiniteLossError, did_you_mean
 from kdforge.models.taps import TappedModel
@@ -115,6 +119,9 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         if self.train_cfg.compile_student:
             distiller.student = torch.compile(distiller.student)
+        self.world = current_world()
+        self.model = wrap(distiller, device)  # DistributedDataParallel under torchrun, else the distiller
+        self.stop = StopSignals()
 
     def _new_ema(self) -> ModelEma | None:
         ema = self.train_cfg.ema
@@ -130,14 +137,49 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, float]:
-        """Train until ``epochs`` or early stopping; returns the last evaluation's metrics."""
+        """Train until ``epochs`` or early stopping; returns the last evaluation's metrics.
+
+        Raises:
+            Preempted: a stop signal arrived; ``last.pt`` holds the finished steps.
+        """
         try:
-            while self.state.epoch < self.train_cfg.epochs and not self.state.stopped_early:
-                self._train_epoch()
-                self._end_epoch()
+            with self.stop:
+                while self.state.epoch < self.train_cfg.epochs and not self.state.stopped_early:
+                    self._train_epoch()
+                    self._end_epoch()
+                    if self._stop_agreed():
+                        self._preempted()
         finally:
             self.logger.end_epoch()
+        if self.run_dir is not None:
+            (self.run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
         return self.last_metrics
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process received a stop signal (so that all stop after the same step)."""
+        if not self.world.distributed:
+            return self.stop.requested
+        return min_across(self._keep_going()).item() == 0
+
+    def _keep_going(self) -> torch.Tensor:
+        return torch.tensor([0.0 if self.stop.requested else 1.0], device=self.device)
+
+    def _preempted(self) -> None:
+        """Write ``last.pt`` and the marker that makes the same command resume, then stop."""
+        self.save("last.pt")
+        if self.run_dir is not None:
+            (self.run_dir / PREEMPTED_MARKER).write_text(f"{self.state.global_step}\n")
+        state, name = self.state, signal.Signals(self.stop.received or signal.SIGTERM).name
+        where = (
+            f"epoch {state.epoch + 1}, batch {state.step_in_epoch}"
+            if state.step_in_epoch
+            else f"end of epoch {state.epoch}"
+        )
+        raise Preempted(
+            f"stopped by {name} after optimizer step {state.global_step} ({where}); last.pt holds it. Run the same "
+            f"command again to continue" + (f" (or kdforge train --resume {self.run_dir})." if self.run_dir else "."),
+            self.stop.received or signal.SIGTERM,
+        )
 
     def _train_epoch(self) -> None:
         state, accum, steps = self.state, self.train_cfg.grad_accum, self.steps_per_epoch
@@ -164,8 +206,11 @@ class Trainer:
             state.step_in_epoch += 1
             if index + 1 == window_start + window_len:
                 with self.timer.section("optimizer"):
-                    self._optimizer_step()
+                    stop = self._optimizer_step()
                 self._after_optimizer_step()
+                if stop:
+                    self.logger.end_epoch()
+                    self._preempted()
             self.logger.advance()
         self.logger.end_epoch()
 
@@ -178,19 +223,28 @@ class Trainer:
     def _micro_step(self, batch: dict[str, Any], window_start: bool, window_len: int) -> None:
         if window_start:
             self.buffers.snapshot()
-        with self.autocast():
-            out = self.distiller(batch)
-        self.scaler.scale(out["loss"] / window_len).backward()
+        last = self.state.step_in_epoch % self.train_cfg.grad_accum == window_len - 1 or window_len == 1
+        # Under DDP, gradients are averaged across processes once per window: on its last micro-step.
+        sync = contextlib.nullcontext() if last or not self.world.distributed else self.model.no_sync()
+        with sync:
+            with self.autocast():
+                out = self.model(batch)
+            self.scaler.scale(out["loss"] / window_len).backward()
         self.meter.add(out["loss"], out["parts"], len(batch["input"]))
 
-    def _optimizer_step(self) -> None:
-        """Apply the window's gradients, or skip them when the loss or the gradients are not finite.
+    def _optimizer_step(self) -> bool:
+        """Apply the window's gradients, or skip them when the loss or the gradients are not finite; returns
+        whether a stop signal asks to end here.
 
-        The finiteness check is the step's one host-device sync.
+        The finiteness check is the step's one host-device sync (and, under torchrun, its one collective
+        besides the gradients': every process decides alike).
         """
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        loss_ok, grads_ok = torch.stack([self.meter.pending_loss_finite(), torch.isfinite(norm)]).tolist()
+        flags = torch.stack([self.meter.pending_loss_finite(), torch.isfinite(norm)]).float()
+        if self.world.distributed:
+            flags = min_across(torch.cat([flags, self._keep_going()]))
+        loss_ok, grads_ok, *keep_going = (bool(flag) for flag in flags.tolist())
         if loss_ok and (grads_ok or self.amp == "fp16"):  # fp16 overflow: the scaler skips and lowers its scale
             self._apply_gradients(norm if grads_ok else None)
         else:
@@ -200,6 +254,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.state.global_step += 1
+        return not keep_going[0] if keep_going else self.stop.requested
 
     def _apply_gradients(self, norm: torch.Tensor | None) -> None:
         if self.train_cfg.clip_grad_norm and norm is not None:
@@ -240,7 +295,7 @@ class Trainer:
             self.save("last.pt")
 
     def _log_train(self) -> None:
-        means = self.meter.means()
+        means = self._across_processes(self.meter.means())
         weights = {
             "task": self.distiller.task_weight,
             **dict(zip(self.distiller.term_names, self.distiller.term_weights, strict=True)),
@@ -273,6 +328,15 @@ class Trainer:
         self.timer.reset()
         return {f"time/{part}_ms": ms[part] for part in STEP_PARTS}
 
+    def _across_processes(self, means: dict[str, float]) -> dict[str, float]:
+        """Under torchrun: losses averaged and throughput summed over the processes (one collective per log)."""
+        if not self.world.distributed:
+            return means
+        keys = sorted(means)
+        totals = sum_across(torch.tensor([means[k] for k in keys], dtype=torch.float64, device=self.device))
+        summed = dict(zip(keys, totals.tolist(), strict=True))
+        return {k: v if k == "samples_per_s" else v / self.world.size for k, v in summed.items()}
+
     # ---------------------------------------------------------------- epoch end
     def eval_model(self) -> nn.Module:
         """What is evaluated and exported: the EMA student when EMA is on, else the student."""
@@ -290,6 +354,8 @@ class Trainer:
         state, cfg = self.state, self.train_cfg
         state.epoch += 1
         state.step_in_epoch = 0
+        for module in (self.student_net, *([self.ema.module] if self.ema else [])):
+            average_buffers(module)  # each process's BN statistics saw only its share of the data
         if state.epoch % cfg.eval_every_epochs == 0 or state.epoch == cfg.epochs:
             self._evaluate_and_track()
         if cfg.checkpoint.every_epochs and state.epoch % cfg.checkpoint.every_epochs == 0:

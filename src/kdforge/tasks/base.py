@@ -14,7 +14,13 @@ Outputs = dict[str, torch.Tensor]
 
 
 class Metrics:
-    """Accumulates over evaluation batches; ``compute()`` returns ``{"val/...": x, "fitness": x}``."""
+    """Accumulates over evaluation batches; ``compute()`` returns ``{"val/...": x, "fitness": x}``.
+
+    ``sums`` names the numeric attributes that are plain sums over samples: under torchrun they are summed
+    over the processes (each evaluates its share of the val set) before ``compute()``.
+    """
+
+    sums: tuple[str, ...] = ()
 
     def update(self, outputs: Outputs, batch: dict[str, Any]) -> None:
         raise NotImplementedError

@@ -78,6 +78,8 @@ class ClassificationTask(Task):
 
 
 class ClassificationMetrics(Metrics):
+    sums = ("count", "correct1", "correctk", "loss_sum")
+
     def __init__(self, num_classes: int) -> None:
         self.k = min(5, num_classes)
         self.count = 0

@@ -12,6 +12,7 @@ from torch import nn
 
 from kdforge.distill.losses import TERMS
 from kdforge.distill.losses.base import DistillTerm, Outputs, built, pick
+from kdforge.engine.distributed import gather_rows
 from kdforge.errors import ConfigError, DataError
 from kdforge.models.taps import tap_key
 
@@ -180,6 +181,7 @@ class CRD(DistillTerm):
         Rows whose new value is not finite keep their old value: a NaN batch (which the trainer skips)
         must not poison the banks, and the trainer does not snapshot term buffers (banks can be GBs).
         """
+        index, v_s, v_t = gather_rows(index, v_s, v_t)  # under torchrun every process's batch moves every bank
         for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
             old = bank[index]
             pos = F.normalize(old * self.momentum + v.to(bank.dtype) * (1 - self.momentum), dim=1)  # (B, F)

@@ -1,0 +1,138 @@
+"""Several processes launched by ``torchrun``: one per GPU (NCCL) or CPU process (gloo).
+
+Each process trains an identical student on its share of every global batch; gradients are averaged by
+DistributedDataParallel, metric sums and logged losses are summed across processes, and only rank 0 writes
+files. The teacher is replicated (it never trains, so it is never wrapped).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def init_distributed(use_cuda: bool) -> World:
+    """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1), else one process."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def current_world() -> World:
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier() -> None:
+    if current_world().distributed:
+        dist.barrier()
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's `value` on every rank (e.g. the run directory rank 0 created)."""
+    if not current_world().distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sum_across(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of `values` over the processes (in place; returned for chaining)."""
+    if current_world().distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def min_across(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise minimum over the processes, e.g. of "all good" flags (in place)."""
+    if current_world().distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return values
+
+
+def collective_device() -> torch.device:
+    """Where tensors for collectives live: the current GPU under NCCL, the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def sum_attributes(obj: Any, names: Sequence[str]) -> None:
+    """Replace each numeric attribute `names` of `obj` (a metrics accumulator) by its sum over processes."""
+    if not current_world().distributed or not names:
+        return
+    values = [float(getattr(obj, name)) for name in names]
+    totals = sum_across(torch.tensor(values, dtype=torch.float64, device=collective_device()))
+    for name, total in zip(names, totals.tolist(), strict=True):
+        setattr(obj, name, total)
+
+
+def average_buffers(module: nn.Module) -> None:
+    """Average floating-point buffers (BN running statistics) over processes: each process saw other data."""
+    world = current_world()
+    if not world.distributed:
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(world.size)
+
+
+def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every process's rows of each tensor, concatenated in rank order (equal shapes on every process)."""
+    world = current_world()
+    if not world.distributed:
+        return tensors
+    gathered = []
+    for tensor in tensors:
+        parts = [torch.empty_like(tensor) for _ in range(world.size)]
+        dist.all_gather(parts, tensor.contiguous())
+        gathered.append(torch.cat(parts))
+    return tuple(gathered)
+
+
+def wrap(distiller: nn.Module, device: torch.device) -> nn.Module:
+    """The distiller in DistributedDataParallel (the trainable student and adapters get averaged gradients;
+    the frozen teacher has no gradients to average). Unused parameters are searched for only when terms
+    have their own (adapters skipped in a task-only phase)."""
+    world = current_world()
+    if not world.distributed:
+        return distiller
+    terms_train = any(p.requires_grad for p in distiller.terms.parameters())
+    return nn.parallel.DistributedDataParallel(
+        distiller,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False,  # BN statistics are averaged at each epoch's end instead of every step
+        find_unused_parameters=terms_train,
+    )
