@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +64,6 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.skipif(not shutil.which("true"), reason="needs a POSIX shell environment")
 def test_two_processes_train_the_same_student_as_one_and_resume(tmp_path):
     single = train(validate_config(_config(tmp_path, batch_size=32, name="single")))
     path = tmp_path / "ddp.yaml"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -38,3 +41,25 @@ def mlp_with_infinite_grads(num_classes: int = 10, in_chans: int = 1, hidden: in
 def dataset_without_split(size: int = 4) -> list[tuple[torch.Tensor, int]]:
     """A dataset factory that breaks the contract: it takes no ``split`` argument."""
     return [(torch.zeros(1, 8, 8), 0)] * size
+
+
+
+class SignallingDigits(DigitsDataset):
+    """Training digits that send this process `signum` on their `after`-th read, once: when the file `flag`
+    does not exist yet (it is created then), so a resumed run reads on undisturbed."""
+
+    def __init__(self, after: int, flag: str, signum: int) -> None:
+        super().__init__("train")
+        self.after, self.flag, self.signum, self.reads = after, Path(flag), signum, 0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        self.reads += 1
+        if self.reads == self.after and not self.flag.exists():
+            self.flag.touch()
+            os.kill(os.getpid(), self.signum)
+        return super().__getitem__(index)
+
+
+def digits_that_signal(split: str, after: int = 0, flag: str = "", signum: int = 15) -> DigitsDataset:
+    """`SignallingDigits` for the training split, plain digits for validation (for the preemption tests)."""
+    return SignallingDigits(after, flag, signum) if split == "train" else DigitsDataset(split)
