@@ -1,4 +1,4 @@
-"""The ``kdforge`` command: train, cache, eval, export, demo, data, methods, modules."""
+"""The ``kdforge`` command: train, cache, eval, export, report, demo, data, methods, modules."""
 
 from __future__ import annotations
 
@@ -117,6 +117,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from kdforge.report.html import write_report
+
+    runs = [Path(run) for run in args.runs]
+    default = runs[0] / "report.html" if len(runs) == 1 else Path("report.html")
+    print(write_report(runs, Path(args.out) if args.out else default))
+    return 0
+
+
 def cmd_modules(args: argparse.Namespace) -> int:
     from kdforge.config import ModelSpec
     from kdforge.models.build import build_model
@@ -188,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["digits"])
     p.add_argument("out", help="output folder")
     p.add_argument("--image-size", type=int, default=32)
+    p = sub.add_parser("report", help="one self-contained HTML page of a run's charts and tables, or of several")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several are overlaid in every chart")
+    p.add_argument("--out", help="HTML file (default: RUN_DIR/report.html for one run, ./report.html for several)")
     sub.add_parser("methods", help="list the distillation terms with their parameters and papers")
     p = sub.add_parser("modules", help="list a model's module names (for distill.taps)")
     p.add_argument("model", help="timm name or pkg.mod:factory")
@@ -204,6 +216,7 @@ COMMANDS = {
     "modules": cmd_modules,
     "data": cmd_data,
     "methods": cmd_methods,
+    "report": cmd_report,
 }
 
 

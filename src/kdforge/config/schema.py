@@ -384,6 +384,8 @@ class LogConfig(_Strict):
     every_steps: int = Field(20, ge=1)
     progress: bool = True
     verbose: bool = True  # one line per evaluation and the final table
+    diagnostics_every_steps: int = Field(100, ge=0)  # each loss part's gradient share (one extra backward); 0: off
+    teacher_agreement: bool = True  # teacher-student top-1 agreement and KL at every evaluation (live teacher)
 
 
 class RunConfig(_Strict):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from kdforge.distill.losses.base import softened_kl
+from kdforge.engine.distributed import sum_across
 from kdforge.engine.evaluate import autocast_context, to_device
 
 TASK = "task"  # the task loss's part name (Distiller.forward); every other part is a distillation term
@@ -55,6 +56,7 @@ def teacher_agreement(
     device: torch.device,
     amp: str = "off",
     key: str = "logits",
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """``val/agreement`` (% of samples where the student's top-1 equals the teacher's) and ``val/teacher_kl``
     (mean KL(teacher || student) at T = 1 per sample) over the loader; both modules return dicts of outputs
@@ -68,7 +70,7 @@ def teacher_agreement(
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     agree, kl, count = sums  # views of one tensor: the totals stay on the device until one sync at the end
     for batch in loader:
-        inputs = to_device(batch, device)["input"]
+        inputs = to_device(batch, device, channels_last)["input"]
         with autocast():
             s_logits, t_logits = student(inputs)[key], teacher(inputs)[key]
         s_logits, t_logits = s_logits.float(), t_logits.float()  # (B, C, ...); loss math in float32
@@ -77,6 +79,7 @@ def teacher_agreement(
         count += s_logits.numel() // s_logits.shape[1]
     for module, mode in modes:
         module.train(mode)
+    sum_across(sums)  # under torchrun each process saw its share of the val set
     agreement, teacher_kl = (torch.stack([100 * agree, kl]) / count).tolist()
     return {"val/agreement": agreement, "val/teacher_kl": teacher_kl}
 

@@ -24,6 +24,7 @@ from kdforge.config import RunConfig
 from kdforge.distill.distiller import Distiller
 from kdforge.engine.buffers import BufferSnapshot
 from kdforge.engine.checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, rng_state, set_rng_state
+from kdforge.engine.diagnostics import Diagnosis, gradient_shares, teacher_agreement
 from kdforge.engine.distributed import average_buffers, current_world, min_across, sum_across, wrap
 from kdforge.engine.ema import ModelEma
 from kdforge.engine.evaluate import autocast_context, evaluate, resolve_amp, to_device
@@ -122,6 +123,8 @@ class Trainer:
         self.world = current_world()
         self.model = wrap(distiller, device)  # DistributedDataParallel under torchrun, else the distiller
         self.stop = StopSignals()
+        self.diagnosis = Diagnosis()
+        self._shares: dict[str, float] = {}  # the last diagnostic micro-step's gradient shares, logged after its step
 
     def _new_ema(self) -> ModelEma | None:
         ema = self.train_cfg.ema
@@ -229,8 +232,36 @@ class Trainer:
         with sync:
             with self.autocast():
                 out = self.model(batch)
+            if window_start and self._diagnostics_due():
+                self._shares = self._gradient_shares(out["parts"])
             self.scaler.scale(out["loss"] / window_len).backward()
         self.meter.add(out["loss"], out["parts"], len(batch["input"]))
+
+    def _diagnostics_due(self) -> bool:
+        every = self.cfg.log.diagnostics_every_steps
+        return bool(every and self.distiller.term_names and (self.state.global_step + 1) % every == 0)
+
+    def _gradient_shares(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Each weighted loss part's gradient norm and share of the update (one extra backward per part).
+
+        Parts are scaled like the loss, so fp16 gradients do not underflow; the norms are unscaled after."""
+        weights = self._weights()
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        weighted = {name: self.scaler.scale(weights[name] * value) for name, value in parts.items() if weights[name]}
+        values = gradient_shares(weighted, self.params)
+        return {k: v / scale if k.startswith("grad_norm/") else v for k, v in values.items()}
+
+    def _weights(self) -> dict[str, float]:
+        return {
+            "task": self.distiller.task_weight,
+            **dict(zip(self.distiller.term_names, self.distiller.term_weights, strict=True)),
+        }
+
+    def _warn(self, warnings: list[str]) -> None:
+        """Diagnosis warnings: on the console, and in metrics.jsonl for the report."""
+        for text in warnings:
+            self.logger.warning(text)
+            self.logger.log("warning", self.state.global_step, {"message": text})
 
     def _optimizer_step(self) -> bool:
         """Apply the window's gradients, or skip them when the loss or the gradients are not finite; returns
@@ -286,6 +317,10 @@ class Trainer:
     # ---------------------------------------------------------------- logging
     def _after_optimizer_step(self) -> None:
         step = self.state.global_step
+        if self._shares:
+            self.logger.log("diagnostics", step, self._shares)
+            self._warn(self.diagnosis.train_record(self._shares))
+            self._shares = {}
         if step % self.cfg.log.every_steps == 0 or self.state.step_in_epoch == self.steps_per_epoch:
             self._log_train()
         every_steps = self.train_cfg.checkpoint.every_steps
@@ -296,10 +331,7 @@ class Trainer:
 
     def _log_train(self) -> None:
         means = self._across_processes(self.meter.means())
-        weights = {
-            "task": self.distiller.task_weight,
-            **dict(zip(self.distiller.term_names, self.distiller.term_weights, strict=True)),
-        }
+        weights = self._weights()
         values: dict[str, Any] = {
             "epoch": self.state.epoch + self.state.step_in_epoch / self.steps_per_epoch,
             **means,
@@ -314,6 +346,7 @@ class Trainer:
         }
         self.logger.log("train", self.state.global_step, values)
         self.logger.set_info(_progress_info(values))
+        self._warn(self.diagnosis.train_record(values))
         self.meter.reset()
 
     def _step_times(self) -> dict[str, float]:
@@ -374,6 +407,19 @@ class Trainer:
             state.best, state.best_epoch = _metric(metrics, ck.best_metric), state.epoch
             self.save("best.pt")
         self._update_early_stopping(metrics)
+        self._diagnose_val(metrics)
+
+    def _diagnose_val(self, metrics: dict[str, float]) -> None:
+        """How closely the student follows the (live, first) teacher on the val set; stall warnings."""
+        teacher, keys = self.distiller.teacher, self.task.logit_keys
+        if self.cfg.log.teacher_agreement and teacher is not None and keys:
+            name = self.distiller.teacher_names[0]
+            stack = nn.Sequential(self.distiller.teacher_inputs[name], teacher)
+            values = teacher_agreement(
+                self.eval_model(), stack, self.val_loader, self.device, self.amp, keys[0], self.train_cfg.channels_last
+            )
+            self.logger.log("diagnostics", self.state.global_step, {"epoch": self.state.epoch, **values})
+        self._warn(self.diagnosis.val_record(metrics))
 
     def _update_early_stopping(self, metrics: dict[str, float]) -> None:
         es, state = self.train_cfg.early_stopping, self.state

@@ -234,3 +234,20 @@ def test_a_term_switched_off_by_the_schedule_is_no_drop() -> None:
 def test_patience_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="patience"):
         Diagnosis(patience=0)
+
+
+def test_a_run_logs_gradient_shares_every_n_steps_and_teacher_agreement_per_evaluation(make_config):
+    import json
+
+    from kdforge.pipeline import train
+
+    result = train(make_config(log={"progress": False, "tensorboard": False, "diagnostics_every_steps": 2}))
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    shares = [r for r in records if r["kind"] == "diagnostics" and "grad_share/kd" in r]
+    assert [r["step"] for r in shares] == [2, 4, 6, 8, 10, 12]  # 2 epochs x 6 steps
+    for record in shares:
+        assert record["grad_share/task"] + record["grad_share/kd"] == pytest.approx(1.0, abs=1e-5)
+        assert record["grad_norm/task"] > 0 and record["grad_norm/kd"] > 0
+    agreement = [r for r in records if r["kind"] == "diagnostics" and "val/agreement" in r]
+    assert [r["epoch"] for r in agreement] == [1, 2]
+    assert all(0 <= r["val/agreement"] <= 100 and r["val/teacher_kl"] >= 0 for r in agreement)
