@@ -210,18 +210,16 @@ def kdforge_block(trainer: Trainer) -> None:
 
 
 # ---------------------------------------------------------------- measurement
-def timed(fn: Callable[[], None], device: torch.device) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds of `fn`. CPU time leaves out the time this process spent
-    descheduled by other load, so it is steadier on a busy machine (with --threads 1 it is the step's
-    own cost; with more threads it adds every thread's time, OpenMP spinning included)."""
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    """Wall-clock seconds of `fn`, with the GPU's queued work included."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start, cpu = time.perf_counter(), time.process_time()
+    start = time.perf_counter()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start, time.process_time() - cpu
+    return time.perf_counter() - start
 
 
 def check_same_loss(trainer: Trainer, hand: HandLoop, batch: dict[str, Any], device: torch.device) -> float:
@@ -337,7 +335,7 @@ def measure(
         names = list(loops)
         names = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in names:
-            wall, _cpu = timed(loops[name], device)
+            wall = timed(loops[name], device)
             rates[name].append(args.steps / wall)
         print(f"round {round_index + 1:2d}: " + "  ".join(f"{n} {rates[n][-1]:6.2f}" for n in loops) + " steps/s")
     if args.profile:

@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", 2)  # a preempted run ends with 128 + the signal's number
     except KeyboardInterrupt:
         print(
-            "kdforge: interrupted; the last checkpoint is intact (resume with --resume RUN_DIR).",
+            "kdforge: interrupted. Checkpoints and finished cache rows are kept: run the same command again to "
+            "continue (a run directory also resumes with --resume RUN_DIR).",
             file=sys.stderr,
         )
         return 130

@@ -20,10 +20,10 @@ from kdforge.distill.distiller import Distiller, WeightedTerm
 from kdforge.distill.losses import build_term
 from kdforge.distill.losses.dense import expose_attention
 from kdforge.distill.schedule import EpochSettings, epoch_settings
-from kdforge.distill.teachers import build_teachers, teacher_role
+from kdforge.distill.teachers import build_teachers, evaluate_teachers, teacher_role, teacher_stacks
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.distributed import barrier, current_world
-from kdforge.engine.evaluate import evaluate, to_device
+from kdforge.engine.evaluate import to_device
 from kdforge.engine.logger import RunLogger, console
 from kdforge.engine.preemption import PREEMPTED_MARKER
 from kdforge.engine.trainer import Trainer
@@ -220,6 +220,8 @@ def train(
 
 def build_cache(config: RunConfig, rebuild: bool = False) -> dict[str, Any]:
     """Build (or continue, or check) the teacher cache `config` describes; returns its size report."""
+    if not config.teacher_specs():
+        raise ConfigError("the config has no teacher, so there is nothing to cache; set teacher (or teachers).")
     device = setup_process(config)
     task = build_task(config)
     train_set, val_set = task.datasets()
@@ -236,18 +238,11 @@ def _evaluate_teachers(
     amp: str,
     logger: RunLogger,
 ) -> dict[str, dict[str, float]]:
-    """Each teacher's metrics before training starts, so a bad teacher shows before hours are spent on it."""
-    results = {}
-    for name, spec in config.teacher_specs().items():
-        if not spec.checkpoint:
-            logger.warning(
-                f"the {teacher_role(name)} has no checkpoint, so it has random weights (kdforge never downloads "
-                "pretrained weights): set its checkpoint (--teacher-checkpoint) to distil a trained teacher."
-            )
-        model = nn.Sequential(distiller.teacher_inputs[name], distiller.teachers[name])
-        results[name] = metrics = evaluate(model, loader, task, device, amp)
+    """Each teacher's metrics before training starts, also in metrics.jsonl."""
+    stacks = teacher_stacks(dict(distiller.teachers), dict(distiller.teacher_inputs), device)
+    results = evaluate_teachers(config, stacks, loader, task, device, amp, logger.message, logger.warning)
+    for name, metrics in results.items():
         logger.log("teacher", 0, {"teacher": name, **{f"teacher/{name}/{k}": v for k, v in metrics.items()}})
-        logger.message(f"{teacher_role(name)}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return results
 
 

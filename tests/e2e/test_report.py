@@ -21,7 +21,18 @@ from kdforge.pipeline import train
 NAMES = ("chromium", "chromium-browser")
 APT_TIMEOUT_S = 900
 SERIES_BLUE = (0, 114, 178)  # the first series colour
-CHARTS = ("loss (raw)", "loss (weighted)", "val/acc1", "val/loss", "learning rate", "loss weights", "temperature")
+CHARTS = (
+    "loss (raw)",
+    "loss (weighted)",
+    "val/acc1",
+    "val/loss",
+    "learning rate",
+    "loss weights",
+    "temperature",
+    "time per step (ms)",
+    "grad_share",
+    "val/agreement",
+)
 
 
 def _find() -> str | None:
@@ -85,7 +96,8 @@ def _report(args: list[str], capsys: pytest.CaptureFixture) -> Path:
 
 
 def test_a_run_report_renders_with_its_charts(make_config, chromium, tmp_path, capsys):
-    config = make_config(distill={"terms": [{"loss": "kd", "weight": 0.5, "temperature": {"start": 6.0, "end": 2.0}}]})
+    kd = {"loss": "kd", "weight": 0.5, "temperature": {"start": 6.0, "end": 2.0}}
+    config = make_config(distill={"terms": [kd]}, log={"diagnostics_every_steps": 2})
     run = train(config).run_dir
     page = _report([str(run)], capsys)
     assert page == run / "report.html"

@@ -5,29 +5,27 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from kdforge.cache.encoding import encode_outputs
 from kdforge.cache.fingerprint import changes, fingerprint
 from kdforge.cache.reading import TeacherCache
-from kdforge.cache.store import DENSE, CacheReader, CacheWriter, read_manifest
-from kdforge.cache.topk import encode_topk, index_dtype
+from kdforge.cache.store import DENSE, CacheReader, CacheWriter, build_lock, read_manifest
 from kdforge.config import CacheConfig, RunConfig
-from kdforge.distill.teachers import build_teachers, teacher_role
-from kdforge.engine.evaluate import autocast_context, evaluate, resolve_amp
+from kdforge.data.views import reads_differ
+from kdforge.distill.teachers import build_teachers, evaluate_teachers, teacher_device, teacher_stacks
+from kdforge.engine.evaluate import autocast_context, resolve_amp
 from kdforge.errors import CacheError, StaleCacheError
 from kdforge.models.build import count_parameters
 from kdforge.tasks.base import Task
 
-FP16_MAX = float(torch.finfo(torch.float16).max)
 COMMIT_EVERY = 32  # batches between progress records: what an interrupted build loses at most
-Fields = dict[tuple[str, str, str], torch.Tensor]
 
 
 def resolve_views(cfg: CacheConfig, dataset: Any) -> tuple[int, bool]:
@@ -37,7 +35,7 @@ def resolve_views(cfg: CacheConfig, dataset: Any) -> tuple[int, bool]:
     auto-augment are) and needs ``cache.views``: caching one random view and training on fresh random views
     would give the student images the teacher never saw.
     """
-    random = dataset.random if dataset.random is not None else _reads_differ(dataset)
+    random = dataset.random if dataset.random is not None else reads_differ(dataset)
     if not random:
         return 1, False
     if not dataset.replayable:
@@ -56,25 +54,6 @@ def resolve_views(cfg: CacheConfig, dataset: Any) -> tuple[int, bool]:
     return cfg.views, True
 
 
-PROBE_SAMPLES, PROBE_READS = 3, 8  # a coin-flip augmentation escapes 3 x 8 reads with probability 2^-21
-
-
-def _reads_differ(dataset: Dataset) -> bool:
-    """Whether repeated reads of a few samples differ: how a dataset that does not say it is random is caught."""
-    with torch.random.fork_rng(devices=[]):
-        for index in torch.linspace(0, len(dataset) - 1, PROBE_SAMPLES).long().unique().tolist():
-            first = dataset[index]["input"]
-            if any(not torch.equal(first, dataset[index]["input"]) for _ in range(PROBE_READS - 1)):
-                return True
-    return False
-
-
-def teacher_device(config: RunConfig, device: torch.device) -> torch.device:
-    from kdforge.runtime import resolve_device
-
-    return resolve_device(config.teacher_runtime.device) if config.teacher_runtime.device else device
-
-
 def open_cache(
     config: RunConfig,
     task: Task,
@@ -86,41 +65,64 @@ def open_cache(
 ) -> TeacherCache:
     """The cache for this run: used when up to date, continued when interrupted, built when missing.
 
+    One process builds at a time (a lock next to the cache); one that waited finds the cache built.
+
     Raises:
         StaleCacheError: a complete cache exists for other settings (and `rebuild` is False).
+        CacheError: ``cache.dir`` is something else, or cannot be written.
     """
-    path = Path(config.cache.dir)
+    path = Path(config.cache.dir).resolve()
     views, replay = resolve_views(config.cache, train_set)
     amp = resolve_amp(config.train.amp, teacher_device(config, device))
     expected = fingerprint(config, train_set.dataset, views, amp)
-    manifest = read_manifest(path)
-    if manifest is not None and manifest.get("complete") and not rebuild:
-        changed = changes(manifest["fingerprint"], expected)
-        if changed:
-            raise StaleCacheError(
-                f"the teacher cache at {str(path)!r} was built for other settings and will not be used:\n  "
-                + "\n  ".join(changed)
-                + "\nRebuild it with `kdforge cache -c CONFIG --rebuild`, or set cache.dir to a new folder."
-            )
-        reader = CacheReader(path)
-        say(f"teacher cache {path}: up to date ({reader.manifest['rows']} rows, {reader.nbytes() / 2**20:.1f} MiB)")
-        return TeacherCache(reader)
-    writer = CacheWriter.resume(path)
-    if writer is not None and not changes(writer.manifest["fingerprint"], expected):
-        rows = writer.manifest["rows"]
-        say(f"teacher cache {path}: continuing an interrupted build at row {writer.rows_done}/{rows}")
-    else:
-        header = {
-            "fingerprint": expected,
-            "rows": len(train_set) * views,
-            "samples": len(train_set),
-            "views": views,
-            "replay": replay,
-            "classes": task.num_classes,
-            "teachers": list(config.teacher_specs()),
-        }
-        writer = CacheWriter.start(path, header)
-    return TeacherCache(_build(writer, config, task, train_set, val_set, device, amp, say))
+    names = list(config.teacher_specs())  # the config's order decides the default teacher, not the build's
+    try:
+        with build_lock(path, say):
+            reader = _up_to_date(path, expected, rebuild, say)
+            if reader is None:
+                writer = CacheWriter.resume(path)
+                if writer is not None and not changes(writer.manifest["fingerprint"], expected):
+                    rows = writer.manifest["rows"]
+                    say(f"teacher cache {path}: continuing an interrupted build at row {writer.rows_done}/{rows}")
+                else:
+                    header = {
+                        "fingerprint": expected,
+                        "rows": len(train_set) * views,
+                        "samples": len(train_set),
+                        "views": views,
+                        "replay": replay,
+                        "classes": task.num_classes,
+                        "teachers": names,
+                    }
+                    writer = CacheWriter.start(path, header)
+                reader = _build(writer, config, task, train_set, val_set, device, amp, say)
+    except OSError as exc:
+        raise CacheError(
+            f"cannot write the teacher cache at {str(path)!r} ({exc}); set cache.dir to a writable folder."
+        ) from exc
+    return TeacherCache(reader, names)
+
+
+def _up_to_date(path: Path, expected: dict[str, Any], rebuild: bool, say: Callable[[str], None]) -> CacheReader | None:
+    """The complete cache at `path` when it fits `expected` (None when there is none, or `rebuild`)."""
+    if path.exists() and not (path.is_dir() and read_manifest(path) is not None):
+        raise CacheError(
+            f"cache.dir {str(path)!r} exists and is not a kdforge teacher cache; kdforge replaces a cache folder "
+            "when it rebuilds, so point cache.dir at a new folder."
+        )
+    manifest = read_manifest(path) if path.is_dir() else None
+    if manifest is None or not manifest.get("complete") or rebuild:
+        return None
+    changed = changes(manifest["fingerprint"], expected)
+    if changed:
+        raise StaleCacheError(
+            f"the teacher cache at {str(path)!r} was built for other settings and will not be used:\n  "
+            + "\n  ".join(changed)
+            + "\nRebuild it with `kdforge cache -c CONFIG --rebuild`, or set cache.dir to a new folder."
+        )
+    reader = CacheReader(path)
+    say(f"teacher cache {path}: up to date ({reader.manifest['rows']} rows, {reader.nbytes() / 2**20:.1f} MiB)")
+    return reader
 
 
 def _build(
@@ -133,13 +135,15 @@ def _build(
     amp: str,
     say: Callable[[str], None],
 ) -> CacheReader:
-    teachers, inputs = build_teachers(config, task.num_classes, task.to_outputs, teacher_device(config, device))
-    stacks = {name: nn.Sequential(inputs[name], net) if name in inputs else net for name, net in teachers.items()}
-    for stack in stacks.values():
-        stack.to(device)  # the input adapters; a teacher with its own device stays there
-    metrics = {name: _evaluate(config, stack, val_set, task, device, amp) for name, stack in stacks.items()}
-    for name, values in metrics.items():
-        say(f"{teacher_role(name)}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
+    teachers, inputs = build_teachers(config, task.num_classes, task.to_outputs, device)
+    stacks = teacher_stacks(teachers, inputs, device)
+    val_loader = DataLoader(
+        val_set,
+        batch_size=config.data.val_batch_size or config.data.batch_size,
+        num_workers=config.data.num_workers,
+        generator=torch.Generator(),  # without one, iterating draws a seed from the global RNG
+    )
+    metrics = evaluate_teachers(config, stacks, val_loader, task, device, amp, say, say)
     rows_dataset = _ViewRows(train_set, writer.manifest["views"], config.cache.seed, writer.manifest["replay"])
     loader = DataLoader(
         Subset(rows_dataset, range(writer.rows_done, writer.manifest["rows"])),
@@ -171,18 +175,6 @@ def _build(
     reader = CacheReader(path)
     say(f"teacher cache {path}: built, {reader.manifest['rows']} rows, {reader.nbytes() / 2**20:.1f} MiB")
     return reader
-
-
-def _evaluate(
-    config: RunConfig, model: nn.Module, val_set: Dataset, task: Task, device: torch.device, amp: str
-) -> dict[str, float]:
-    loader = DataLoader(
-        val_set,
-        batch_size=config.data.val_batch_size or config.data.batch_size,
-        num_workers=config.data.num_workers,
-        generator=torch.Generator(),  # without one, iterating draws a seed from the global RNG
-    )
-    return evaluate(model, loader, task, device, amp)
 
 
 class _Progress:
@@ -220,39 +212,6 @@ class _ViewRows(Dataset):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + row)
         item, params = self.base.sample_view(index, generator)
         return {"input": item["input"], "params": params}
-
-
-def encode_outputs(
-    outputs: Mapping[str, Mapping[str, torch.Tensor]], logit_keys: tuple[str, ...], cfg: CacheConfig
-) -> Fields:
-    """Every teacher output as the arrays stored on disk: top-k parts for class logits (unless
-    ``full_logits``), the whole tensor in the storage dtype for everything else (taps)."""
-    storage = torch.float16 if cfg.dtype == "fp16" else torch.float32
-    fields: Fields = {}
-    for teacher, named in outputs.items():
-        for key, value in named.items():
-            if key in logit_keys and not cfg.full_logits:
-                values, indices, fill = encode_topk(value, cfg.logits_topk)
-                fields[(teacher, key, "values")] = _stored(values, storage, teacher, key)
-                fields[(teacher, key, "indices")] = indices.to(index_dtype(value.shape[1])).cpu()
-                fields[(teacher, key, "fill")] = _stored(fill, torch.float32, teacher, key)
-            else:
-                fields[(teacher, key, DENSE)] = _stored(value, storage, teacher, key)
-    return fields
-
-
-def _stored(value: torch.Tensor, dtype: torch.dtype, teacher: str, key: str) -> torch.Tensor:
-    value = value.detach().float()
-    finite = torch.isfinite(value).all()
-    peak = value.abs().max() if value.numel() else torch.tensor(0.0)
-    if not finite:
-        raise CacheError(f"the {teacher_role(teacher)} gave non-finite values for {key!r}; check its weights and data.")
-    if dtype == torch.float16 and peak > FP16_MAX:
-        raise CacheError(
-            f"the {teacher_role(teacher)}'s {key!r} reaches {float(peak):.3g}, beyond float16's range: "
-            "set cache.dtype: fp32."
-        )
-    return value.to(dtype).cpu()
 
 
 def cache_report(reader: CacheReader) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from kdforge.cache.store import DENSE, CacheReader
-from kdforge.cache.topk import decode_topk
+from kdforge.cache.encoding import decode_fields
+from kdforge.cache.store import CacheReader
 
 Outputs = dict[str, torch.Tensor]
 
@@ -42,27 +42,18 @@ class CachedTeacherDataset(Dataset):
 
 
 class TeacherCache:
-    """The Distiller's teacher outputs from ``batch["teachers"]``: dense fields as float32, top-k logits
-    decoded to dense logits (see `kdforge.cache.topk`), on the device of ``batch["input"]``."""
+    """The Distiller's teacher outputs, from ``batch["teachers"]`` (see `kdforge.cache.encoding`).
 
-    def __init__(self, reader: CacheReader) -> None:
-        self.reader = reader
+    `names` are the teachers in the config's order: the first is every term's default teacher.
+    """
+
+    def __init__(self, reader: CacheReader, names: list[str]) -> None:
+        self.reader, self.names = reader, names
         manifest = reader.manifest
-        self.names: list[str] = list(manifest["teachers"])
         self.token_layouts = [tuple(layout) for layout in manifest["token_layouts"].values() if layout]
         self.classes: int = manifest["classes"]
         self.views: int = reader.views
 
     def outputs(self, batch: dict[str, Any], names: Sequence[str]) -> dict[str, Outputs]:
         device = batch["input"].device
-        return {name: self._decode(batch["teachers"][name], device) for name in names}
-
-    def _decode(self, fields: dict[str, dict[str, torch.Tensor]], device: torch.device) -> Outputs:
-        outputs = {}
-        for key, parts in fields.items():
-            parts = {part: value.to(device, non_blocking=True) for part, value in parts.items()}
-            if DENSE in parts:
-                outputs[key] = parts[DENSE].float()
-            else:
-                outputs[key] = decode_topk(parts["values"], parts["indices"], parts["fill"], self.classes)
-        return outputs
+        return {name: decode_fields(batch["teachers"][name], self.classes, device) for name in names}

@@ -8,11 +8,13 @@ continued from there and never read as complete. A finished build is marked comp
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,57 @@ DENSE = "dense"  # a field stored whole; top-k logits are stored as the parts "v
 
 def partial_dir(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
+
+
+def old_dir(path: Path) -> Path:
+    """Where the previous cache waits between the two renames that replace it (removed on the next build)."""
+    return path.with_name(path.name + ".old")
+
+
+@contextlib.contextmanager
+def build_lock(path: Path, say: Callable[[str], None]) -> Iterator[None]:
+    """One process at a time checks and builds the cache at `path` (e.g. a seed sweep sharing it): others wait,
+    then find it built. The lock is a file next to the cache, released by the OS if the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"teacher cache {path}: another process is building it; waiting")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            shutil.rmtree(old_dir(path), ignore_errors=True)  # left by a build that died between its renames
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_arrays(path: Path, manifest: dict[str, Any], mode: str) -> dict[str, np.ndarray]:
+    """Every field's array (and the view parameters), checked against the manifest's shapes and dtypes.
+
+    Raises:
+        CacheError: a file is missing, unreadable, truncated or of another shape (then the cache is rebuilt).
+    """
+    rows = manifest["rows"]
+    expected = {f["file"]: ((rows, *f["shape"]), f["dtype"]) for f in manifest["fields"]}
+    if manifest["replay"] and manifest["fields"]:
+        expected[PARAMS] = (None, "float64")
+    arrays = {}
+    for name, (shape, dtype) in expected.items():
+        try:
+            array = np.load(path / name, mmap_mode=mode, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise CacheError(
+                f"teacher cache file {str(path / name)!r} is missing or damaged ({exc}); rebuild the cache with "
+                "`kdforge cache -c CONFIG --rebuild`."
+            ) from exc
+        if (shape is not None and array.shape != shape) or str(array.dtype) != dtype:
+            raise CacheError(
+                f"teacher cache file {str(path / name)!r} holds {array.dtype} {array.shape}, the manifest says "
+                f"{dtype} {shape}: the cache is damaged; rebuild it with `kdforge cache -c CONFIG --rebuild`."
+            )
+        arrays[name] = array
+    return arrays
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -65,9 +118,8 @@ class CacheWriter:
         self.arrays: dict[str, np.memmap] = {}
         self.params: np.memmap | None = None
         if manifest.get("fields"):  # continuing: the arrays exist
-            self.arrays = {f["file"]: np.load(self.work / f["file"], mmap_mode="r+") for f in manifest["fields"]}
-            if manifest["replay"]:
-                self.params = np.load(self.work / PARAMS, mmap_mode="r+")
+            self.arrays = open_arrays(self.work, manifest, "r+")
+            self.params = self.arrays.pop(PARAMS, None)
 
     @classmethod
     def start(cls, path: Path, manifest: dict[str, Any]) -> CacheWriter:
@@ -81,13 +133,17 @@ class CacheWriter:
 
     @classmethod
     def resume(cls, path: Path) -> CacheWriter | None:
-        """A writer continuing the interrupted build at ``<path>.partial``, or None when there is none."""
+        """A writer continuing the interrupted build at ``<path>.partial``, or None when there is none (or it is
+        damaged: it is then started over)."""
         work = partial_dir(path)
-        manifest = read_manifest(work)
-        if manifest is None or not (work / PROGRESS).is_file():
+        try:
+            manifest = read_manifest(work)
+            if manifest is None:
+                return None
+            rows_done = int(json.loads((work / PROGRESS).read_text())["rows_done"])
+            return cls(path, manifest, rows_done)
+        except (CacheError, OSError, ValueError, KeyError):
             return None
-        rows_done = int(json.loads((work / PROGRESS).read_text())["rows_done"])
-        return cls(path, manifest, rows_done)
 
     def write(
         self, start: int, fields: Mapping[tuple[str, str, str], torch.Tensor], params: torch.Tensor | None
@@ -96,7 +152,14 @@ class CacheWriter:
         if not self.arrays:
             self._create(fields, params)
         for spec in self.manifest["fields"]:
-            value = fields[(spec["teacher"], spec["key"], spec["part"])]
+            value = fields.get((spec["teacher"], spec["key"], spec["part"]))
+            if value is None or list(value.shape[1:]) != spec["shape"]:
+                got = "nothing" if value is None else f"shape {tuple(value.shape[1:])}"
+                raise CacheError(
+                    f"the teacher's output {spec['key']!r} ({spec['part']}) changed between batches: {got} per sample "
+                    f"after {tuple(spec['shape'])}. The cache needs outputs of one shape; fix the input size "
+                    "(data.image_size) or the tapped module."
+                )
             self.arrays[spec["file"]][start : start + len(value)] = value.cpu().numpy()
         if self.params is not None and params is not None:
             self.params[start : start + len(params)] = params.numpy()
@@ -138,11 +201,10 @@ class CacheWriter:
         self.arrays, self.params = {}, None
         self.manifest.update(extra, complete=True)
         write_json(self.work / MANIFEST, self.manifest)
-        old = self.path.with_name(self.path.name + f".old-{os.getpid()}")
         if self.path.exists():
-            os.replace(self.path, old)
+            os.replace(self.path, old_dir(self.path))
         os.replace(self.work, self.path)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old_dir(self.path), ignore_errors=True)
         return self.path
 
 
@@ -157,6 +219,7 @@ class CacheReader:
         self.path, self.manifest = path, manifest
         self.views: int = manifest["views"]
         self.replay: bool = manifest["replay"]
+        open_arrays(path, manifest, "r")  # damage shows now, not in the first batch or in a worker
         self._arrays: dict[str, np.ndarray] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -164,8 +227,7 @@ class CacheReader:
 
     def _open(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
-            names = [f["file"] for f in self.manifest["fields"]] + ([PARAMS] if self.replay else [])
-            self._arrays = {name: np.load(self.path / name, mmap_mode="r") for name in names}
+            self._arrays = open_arrays(self.path, self.manifest, "r")
         return self._arrays
 
     def row(self, row: int) -> dict[str, dict[str, dict[str, torch.Tensor]]]:

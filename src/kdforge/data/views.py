@@ -151,3 +151,16 @@ class ReplayableImages(Dataset):
         image, target = self.images[index]
         params = self.transform.sample(generator, *image.size)
         return self.transform.apply(image, params), target, params
+
+
+PROBE_SAMPLES, PROBE_READS = 3, 8  # a coin-flip augmentation escapes 3 x 8 reads with probability 2^-21
+
+
+def reads_differ(dataset: Dataset) -> bool:
+    """Whether repeated reads of a few samples differ: how a dataset that does not say it is random is caught."""
+    with torch.random.fork_rng(devices=[]):
+        for index in torch.linspace(0, len(dataset) - 1, PROBE_SAMPLES).long().unique().tolist():
+            first = dataset[index]["input"]
+            if any(not torch.equal(first, dataset[index]["input"]) for _ in range(PROBE_READS - 1)):
+                return True
+    return False

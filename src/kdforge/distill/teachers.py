@@ -6,10 +6,12 @@ weights, run channels-last and compiled. Its outputs always come back on the dev
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from kdforge.config import RunConfig, TeacherRuntimeConfig
 from kdforge.distill.adapters import InputAdapter
@@ -54,11 +56,58 @@ class TeacherRunner(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         home = x.device
-        x = x.to(self.device if self.pinned else home, dtype=self.dtype or x.dtype, non_blocking=True)
+        x = _moved(x, self.device if self.pinned else home, self.dtype or x.dtype)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         outputs = self.net(x)
-        return {k: v.to(home, non_blocking=True) for k, v in outputs.items()}
+        return {k: _moved(v, home, v.dtype) for k, v in outputs.items()}
+
+
+def _moved(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`x` on `device`; asynchronous only towards a GPU (a GPU-to-CPU copy must finish before it is read)."""
+    return x.to(device, dtype=dtype, non_blocking=device.type == "cuda")
+
+
+def teacher_device(config: RunConfig, device: torch.device) -> torch.device:
+    """Where the teachers run: ``teacher_runtime.device``, else the run's device."""
+    from kdforge.runtime import resolve_device
+
+    return resolve_device(config.teacher_runtime.device) if config.teacher_runtime.device else device
+
+
+def teacher_stacks(
+    teachers: dict[str, nn.Module], inputs: dict[str, nn.Module], device: torch.device
+) -> dict[str, nn.Module]:
+    """Each teacher behind its input adapter (when it has one), as it sees the student's batches."""
+    stacks = {name: nn.Sequential(inputs[name], net) if name in inputs else net for name, net in teachers.items()}
+    for stack in stacks.values():
+        stack.to(device)  # the input adapters; a teacher with its own device stays there
+    return stacks
+
+
+def evaluate_teachers(
+    config: RunConfig,
+    stacks: dict[str, nn.Module],
+    loader: DataLoader,
+    task: Any,
+    device: torch.device,
+    amp: str,
+    say: Callable[[str], None],
+    warn: Callable[[str], None],
+) -> dict[str, dict[str, float]]:
+    """Each teacher's metrics on the val set, said aloud, so a bad teacher shows before hours are spent on it."""
+    from kdforge.engine.evaluate import evaluate
+
+    results = {}
+    for name, stack in stacks.items():
+        if not config.teacher_specs()[name].checkpoint:
+            warn(
+                f"the {teacher_role(name)} has no checkpoint, so it has random weights (kdforge never downloads "
+                "pretrained weights): set its checkpoint (--teacher-checkpoint) to distil a trained teacher."
+            )
+        results[name] = metrics = evaluate(stack, loader, task, device, amp)
+        say(f"{teacher_role(name)}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return results
 
 
 def build_teachers(
@@ -71,10 +120,7 @@ def build_teachers(
     same whether it is built for the cache or for a live run, and building it never shifts the global RNG
     (so a cached run and a live run initialise and train the student identically).
     """
-    from kdforge.runtime import resolve_device
-
-    runtime = config.teacher_runtime
-    teacher_device = resolve_device(runtime.device) if runtime.device else device
+    runtime, where = config.teacher_runtime, teacher_device(config, device)
     teachers, inputs = {}, {}
     for name, spec in config.teacher_specs().items():
         taps = {**spec.taps, **(config.distill.taps.teacher if name == DEFAULT_TEACHER else {})}
@@ -84,7 +130,7 @@ def build_teachers(
         if any(term.loss == "attention" for term in config.distill.terms):
             expose_attention(net.model)  # timm's fused attention never materialises the probabilities a tap reads
         net.requires_grad_(False).eval()
-        teachers[name] = TeacherRunner(net, runtime, teacher_device)
+        teachers[name] = TeacherRunner(net, runtime, where)
         if spec.input is not None:
             inputs[name] = InputAdapter(
                 config.data.mean, config.data.std, spec.input.mean, spec.input.std, spec.input.size

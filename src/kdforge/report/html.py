@@ -51,12 +51,25 @@ class Run:
 
 @dataclass
 class Chart:
-    """One chart's data: ``lines[(run index, label)] = {x: y}``."""
+    """One chart's data: ``lines[(run index, label)] = {step: (epoch or None, value)}``."""
 
     section: str
     title: str
-    x_label: str
-    lines: dict[tuple[int, str], dict[float, float]] = field(default_factory=dict)
+    kind: str
+    lines: dict[tuple[int, str], dict[float, tuple[Any, float]]] = field(default_factory=dict)
+
+    @property
+    def x_label(self) -> str:
+        """Training records are drawn over steps; others over epochs when every point carries one."""
+        epochs = (epoch for line in self.lines.values() for epoch, _ in line.values())
+        return "epoch" if self.kind != "train" and all(_finite(e) for e in epochs) else "step"
+
+    def points(self, line: tuple[int, str]) -> list[tuple[float, float]]:
+        by_epoch = self.x_label == "epoch"
+        return sorted((epoch if by_epoch else step, value) for step, (epoch, value) in self.lines[line].items())
+
+    def values(self) -> list[float]:
+        return [value for line in self.lines.values() for _, value in line.values()]
 
 
 def write_report(run_dirs: list[Path], out: Path) -> Path:
@@ -149,29 +162,21 @@ def place(kind: str, key: str) -> tuple[str, str, str]:
 def collect(runs: list[Run]) -> list[Chart]:
     """Every finite number of every record, as charts in section order (first seen first within one)."""
     charts: dict[tuple[str, str], Chart] = {}
-    axes: dict[str, str] = {}
     for index, run in enumerate(runs):
         quiet = {key for key, value in QUIET.items() if all(r.get(key, value) == value for r in run.records)}
         for record in run.records:
-            kind = str(record.get("kind"))
-            if kind in ("teacher", "warning"):  # shown in the models table and the warnings list
+            kind, step = str(record.get("kind")), record.get("step")
+            if kind in ("teacher", "warning") or not _finite(step):  # teachers and warnings have tables of their own
                 continue
-            x_key = axes.setdefault(kind, _x_axis(runs, kind))
-            x = record.get(x_key)
             for key, value in record.items():
-                if key in NOT_DRAWN or key in quiet or not (_finite(value) and _finite(x)):
+                if key in NOT_DRAWN or key in quiet or not _finite(value):
                     continue
                 section, title, label = place(kind, key)
-                chart = charts.setdefault((section, title), Chart(section, title, x_key))
-                chart.lines.setdefault((index, label), {})[x] = value  # a resumed run logs steps again: last wins
+                chart = charts.setdefault((section, title), Chart(section, title, kind))
+                line = chart.lines.setdefault((index, label), {})
+                line[step] = (record.get("epoch"), value)  # a resumed run logs its steps again: the last one wins
     order = list(SECTIONS)
     return sorted(charts.values(), key=lambda c: order.index(c.section) if c.section in order else len(order))
-
-
-def _x_axis(runs: list[Run], kind: str) -> str:
-    """Training records are drawn over steps; other kinds over epochs when every record carries one."""
-    records = [r for run in runs for r in run.records if r.get("kind") == kind]
-    return "epoch" if kind != "train" and all(_finite(r.get("epoch")) for r in records) else "step"
 
 
 def _finite(value: Any) -> bool:
@@ -183,18 +188,17 @@ def chart_svg(chart: Chart, runs: list[Run]) -> str:
     labels = list(dict.fromkeys(label for _, label in chart.lines))
     many = len(runs) > 1
     series = []
-    for (index, label), points in chart.lines.items():
+    for index, label in chart.lines:
         color, dash = style(labels.index(label) if len(labels) > 1 else index, index)
-        if many:
-            label = runs[index].name if len(labels) == 1 else f"{runs[index].name} · {label}"
-        series.append(Series(label, sorted(points.items()), color, dash))
+        name = (runs[index].name if len(labels) == 1 else f"{runs[index].name} · {label}") if many else label
+        series.append(Series(name, chart.points((index, label)), color, dash))
     refs = _teacher_references(chart.title, runs) if chart.section == "Validation" else []
     return line_chart(chart.title, series, chart.x_label, refs, log_y=_log_scale(chart))
 
 
 def _log_scale(chart: Chart) -> bool:
     """Losses spanning more than ~1.5 decades are drawn on a log axis, where their late progress stays visible."""
-    values = [y for points in chart.lines.values() for y in points.values()]
+    values = chart.values()
     return "loss" in chart.title and min(values) > 0 and max(values) / min(values) >= 30
 
 

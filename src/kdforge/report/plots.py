@@ -56,7 +56,8 @@ def line_chart(
     references: list[Reference] | None = None,
     log_y: bool = False,
 ) -> str:
-    """An ``<svg>`` with axes, ticks, one ``<polyline>`` per series, optional reference lines and a legend.
+    """An ``<svg>`` with axes, ticks, one ``<polyline>`` per series, optional reference lines and a legend;
+    `series` hold at least one point between them.
 
     `log_y` draws the y axis in decades (every y must then be positive): losses that fall a hundredfold
     otherwise flatten into the x axis after the first steps. A lone series named like the chart has no legend.
@@ -65,17 +66,18 @@ def line_chart(
     y_of = math.log10 if log_y else float
     series = [Series(s.label, thin(s.points), s.color, s.dash) for s in series if s.points]
     shown = [Series(s.label, [(x, y_of(y)) for x, y in s.points], s.color, s.dash) for s in series]
-    refs = [Reference(r.label, r.value) for r in references if not log_y or r.value > 0]
+    refs = [r for r in references if not log_y or r.value > 0]
     xs = [x for s in shown for x, _ in s.points]
     ys = [y for s in shown for _, y in s.points] + [y_of(r.value) for r in refs]
     x_lo, x_hi = _domain(xs, pad=0.0)
     y_lo, y_hi = _domain(ys, pad=0.05)
+    x_ticks = _linear_ticks(x_lo, x_hi, whole=all(x == int(x) for x in xs))
     y_ticks = _log_ticks(y_lo, y_hi) if log_y else _linear_ticks(y_lo, y_hi)
     keyed = [] if len(series) == 1 and series[0].label == title else series
     legend, legend_height = _legend(keyed, TOP + PLOT_HEIGHT + 56)
     parts = [
         f'<text class="title" x="{LEFT}" y="20">{escape(title)}{" (log scale)" if log_y else ""}</text>',
-        *_axes(x_lo, x_hi, y_lo, y_hi, _linear_ticks(x_lo, x_hi), y_ticks, x_label),
+        *_axes(x_lo, x_hi, y_lo, y_hi, x_ticks, y_ticks, x_label),
         *(_reference(r, y_of(r.value), y_lo, y_hi) for r in refs),
         *(_series(s, raw.points, x_lo, x_hi, y_lo, y_hi) for s, raw in zip(shown, series, strict=True)),
         *legend,
@@ -96,11 +98,11 @@ def thin(points: list[tuple[float, float]], limit: int = MAX_POINTS) -> list[tup
     return kept if kept[-1] == points[-1] else [*kept, points[-1]]
 
 
-def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
-    """Round tick values (1, 2 or 5 times a power of ten apart) inside ``[lo, hi]``."""
+def nice_ticks(lo: float, hi: float, count: int = 6, min_step: float = 0.0) -> list[float]:
+    """Round tick values (1, 2 or 5 times a power of ten apart, at least `min_step`) inside ``[lo, hi]``."""
     raw = (hi - lo) / max(count - 1, 1)
     power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    step = max(next(m * power for m in (1, 2, 5, 10) if m * power >= raw), min_step)
     first = math.ceil(lo / step - 1e-9)
     return [round(i * step, 12) for i in range(first, math.floor(hi / step + 1e-9) + 1)]
 
@@ -134,9 +136,9 @@ def _sy(y: float, lo: float, hi: float) -> float:
     return TOP + (hi - y) / (hi - lo) * PLOT_HEIGHT
 
 
-def _linear_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
-    """(position, label) of round ticks."""
-    ticks = nice_ticks(lo, hi)
+def _linear_ticks(lo: float, hi: float, whole: bool = False) -> list[tuple[float, str]]:
+    """(position, label) of round ticks; `whole`: data of whole numbers (epochs, steps) gets whole ticks."""
+    ticks = nice_ticks(lo, hi, min_step=1.0 if whole else 0.0)
     spacing = ticks[1] - ticks[0] if len(ticks) > 1 else abs(ticks[0]) or 1.0
     return [(t, tick_label(t, spacing)) for t in ticks]
 

@@ -424,3 +424,94 @@ def test_a_continued_build_draws_the_same_views(make_config, tmp_path, writes):
     assert PARAMS in resumed and resumed.keys() == uninterrupted.keys()
     for name, array in uninterrupted.items():
         assert np.array_equal(resumed[name], array), name
+
+
+# --- what a reviewer found ------------------------------------------------------------------------
+
+
+def test_a_cache_dir_that_is_another_folder_is_refused_and_left_alone(make_config, tmp_path):
+    other = tmp_path / "data"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(CacheError, match="is not a kdforge teacher cache"):
+        build_cache(make_config(cache={"enabled": True, "dir": str(other)}))
+    assert (other / "precious.txt").read_text() == "keep me"
+
+
+def test_a_second_builder_waits_for_the_first_and_then_finds_the_cache_built(make_config, tmp_path):
+    import threading
+
+    from kdforge.cache.store import build_lock
+
+    config = make_config(cache=_cache_section(tmp_path))
+    path = Path(config.cache.dir).resolve()
+    said: list[str] = []
+    opened: list[TeacherCache] = []
+    second = threading.Thread(target=lambda: opened.append(open_cache(*_open_args(config), said.append)))
+    with build_lock(path, said.append):  # the first builder holds the lock
+        second.start()
+        second.join(timeout=1.0)
+        assert second.is_alive() and said == [f"teacher cache {path}: another process is building it; waiting"]
+    second.join(timeout=60)
+    assert opened and opened[0].reader.manifest["complete"]
+
+
+def _open_args(config) -> tuple:
+    task = build_task(config)
+    train_set, val_set = task.datasets()
+    return config, task, train_set, val_set, torch.device("cpu")
+
+
+def test_the_config_order_of_teachers_decides_the_default_teacher(make_config, tmp_path):
+    teacher = {"source": "import", "name": "kdforge.models.zoo:cnn", "kwargs": {"in_chans": 1, "widths": [8, 8]}}
+    sections = {"teacher": None, "cache": _cache_section(tmp_path)}
+    _opened(make_config(teachers={"a": teacher, "b": teacher}, **sections))
+    cache, _ = _opened(make_config(teachers={"b": teacher, "a": teacher}, **sections))
+    assert cache.names == ["b", "a"]
+
+
+def test_a_damaged_cache_file_is_an_error_naming_the_rebuild(make_config, tmp_path):
+    config = make_config(cache=_cache_section(tmp_path))
+    _opened(config)
+    victim = sorted((tmp_path / "cache").glob("*.npy"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated
+    with pytest.raises(CacheError, match="--rebuild"):
+        _opened(config)
+    victim.unlink()
+    with pytest.raises(CacheError, match="missing or damaged"):
+        _opened(config)
+
+
+def test_a_teacher_output_that_changes_shape_between_batches_is_refused(tmp_path):
+    writer = CacheWriter.start(tmp_path / "cache", {"rows": 4, "replay": False, "views": 1})
+    writer.write(0, {("teacher", "feat:f", "dense"): torch.zeros(2, 3)}, None)
+    with pytest.raises(CacheError, match="changed between batches"):
+        writer.write(2, {("teacher", "feat:f", "dense"): torch.zeros(2, 5)}, None)
+
+
+def test_a_previous_cache_left_between_the_renames_is_removed_by_the_next_build(make_config, tmp_path):
+    from kdforge.cache.store import old_dir
+
+    config = make_config(cache=_cache_section(tmp_path))
+    old = old_dir((tmp_path / "cache").resolve())
+    old.mkdir()
+    (old / "stale.npy").write_bytes(b"x" * 100)
+    _opened(config)
+    assert not old.exists()
+
+
+def test_in_memory_random_views_fingerprint_the_same_whatever_the_run_seed():
+    from kdforge.cache.fingerprint import dataset_listing
+
+    dataset = _Flipping("train")
+    torch.manual_seed(1)
+    first = dataset_listing(dataset)
+    torch.manual_seed(2)
+    assert dataset_listing(dataset) == first
+
+
+def test_caching_a_config_without_teacher_is_an_error(make_config, tmp_path):
+    from kdforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="nothing to cache"):
+        build_cache(make_config(teacher=None, distill={"terms": []}, cache={"dir": str(tmp_path / "c")}))

@@ -198,30 +198,27 @@ def test_an_empty_log_gives_a_page_with_a_note(tmp_path: Path) -> None:
 
 
 def test_new_kinds_and_keys_are_drawn_and_warnings_listed(tmp_path: Path) -> None:
-    extra = [
-        {
-            "kind": "diagnostics",
-            "step": 2 * e,
-            "epoch": e,
-            "grad_share/task": 0.3,
-            "grad_share/kd": 0.7,
-            "grad_norm/kd": 1.5,
-            "val/agreement": 0.8 + e / 100,
-            "val/teacher_kl": 0.2,
-        }
+    per_step = [
+        {"kind": "diagnostics", "step": s, "grad_share/task": 0.3, "grad_share/kd": 0.7, "grad_norm/kd": 1.5}
+        for s in (2, 4, 6)
+    ]
+    per_eval = [
+        {"kind": "diagnostics", "step": 2 * e, "epoch": e, "val/agreement": 0.8 + e / 100, "val/teacher_kl": 0.2}
         for e in (1, 2, 3)
     ]
-    extra += [
-        {"kind": "warning", "step": 4, "epoch": 2.0, "message": "task loss stalls"},
+    others = [
+        {"kind": "warning", "step": 4, "message": "task loss stalls"},
         {"kind": "novel", "step": 1, "zeta/a": 1.0},
     ]
-    page = report(tmp_path, write_run(tmp_path / "run", kd_records() + extra, summary(90.0)))
+    page = report(tmp_path, write_run(tmp_path / "run", kd_records() + per_step + per_eval + others, summary(90.0)))
     found = charts(page)
     assert lines(found["grad_share"]) == {"task": 3, "kd": 3}
     assert lines(found["val/agreement"]) == {"val/agreement": 3}
     assert {"grad_norm", "val/teacher_kl", "zeta"} <= set(found)
+    axis = {title: chart.find(f"{SVG}text[@class='axis']").text for title, chart in found.items()}
+    assert (axis["grad_share"], axis["val/agreement"]) == ("step", "epoch")  # each chart by what its records carry
     assert "Other: novel" in page
-    assert "<li>step 4, epoch 2: task loss stalls</li>" in page
+    assert "<li>step 4: task loss stalls</li>" in page
 
 
 def test_resumed_steps_and_non_finite_values(tmp_path: Path) -> None:

@@ -87,6 +87,13 @@ def test_nice_ticks(lo: float, hi: float, expected: list[float]) -> None:
     assert nice_ticks(lo, hi) == pytest.approx(expected)
 
 
+def test_whole_numbered_data_gets_whole_ticks() -> None:
+    root = ET.fromstring(line_chart("val/acc1", [Series("a", [(1, 50.0), (2, 60.0)])], "epoch"))
+    x_ticks = [t.text for t in root.iter(f"{SVG}text") if t.get("class") == "tick" and t.get("text-anchor") == "middle"]
+    assert x_ticks == ["1", "2"]
+    assert nice_ticks(1, 2, min_step=1.0) == [1, 2]
+
+
 def test_tick_labels() -> None:
     assert [tick_label(v, 0.2) for v in (0.2, 0.4)] == ["0.2", "0.4"]
     assert tick_label(20_000, 10_000) == "20k"
