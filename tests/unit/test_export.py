@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from kdforge.export import export_all
 from kdforge.models.zoo import SimpleCNN, cnn
@@ -66,3 +67,37 @@ def test_onnx_export_has_a_dynamic_batch_and_matches_pytorch(tmp_path: Path) -> 
     got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
     with torch.no_grad():
         torch.testing.assert_close(got, net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_export_of_a_dense_prediction_student_matches_within_tolerance(tmp_path: Path) -> None:
+    """A segmentation-style student ((B, C, H, W) logits per pixel) exports and matches PyTorch within 1e-4."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from kdforge.export import ONNX_TOLERANCE
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 5, 1),
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+    ).eval()
+    written, failed = export_all(net, torch.randn(2, 3, 16, 16), tmp_path, ["onnx"])
+    assert failed == []
+    session = onnxruntime.InferenceSession(str(written[0]), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 16, 16)
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    with torch.no_grad():
+        want = net(x)
+    assert got.shape == (3, 5, 32, 32) and (got - want).abs().max() <= ONNX_TOLERANCE
+
+
+def test_an_onnx_export_that_differs_from_pytorch_is_refused(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    real = onnxruntime.InferenceSession.run
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", lambda self, *a: [real(self, *a)[0] + 1e-3])
+    written, failed = export_all(_net(), torch.randn(2, 1, 8, 8), tmp_path, ["onnx"])
+    assert written == [] and "differs from PyTorch" in failed[0]
+    assert not (tmp_path / "student.onnx").exists()  # the atomic write left nothing behind
