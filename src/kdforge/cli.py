@@ -55,7 +55,8 @@ def _short_flags(args: argparse.Namespace) -> dict[str, object]:
 def cmd_train(args: argparse.Namespace) -> int:
     from kdforge.config import load_config, merge_files
     from kdforge.flags import apply_short_flags
-    from kdforge.pipeline import resume_target, train
+    from kdforge.pipeline import train
+    from kdforge.resume import resume_target
 
     flags = _short_flags(args)
     if args.resume:

@@ -14,25 +14,33 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdforge.cache.build import cache_report, open_cache
 from kdforge.cache.reading import CachedTeacherDataset, TeacherCache
-from kdforge.config import RunConfig, load_config
+from kdforge.config import RunConfig
 from kdforge.data.sampler import ResumableSampler
 from kdforge.distill.distiller import Distiller, WeightedTerm
 from kdforge.distill.losses import build_term
 from kdforge.distill.losses.dense import expose_attention
 from kdforge.distill.schedule import EpochSettings, epoch_settings
-from kdforge.distill.teachers import build_teachers, evaluate_teachers, teacher_role, teacher_stacks
+from kdforge.distill.teachers import (
+    build_teachers,
+    evaluate_teachers,
+    teacher_profile,
+    teacher_role,
+    teacher_stacks,
+)
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.distributed import barrier, current_world
 from kdforge.engine.evaluate import to_device
 from kdforge.engine.logger import RunLogger, console
-from kdforge.engine.preemption import PREEMPTED_MARKER
 from kdforge.engine.trainer import Trainer
 from kdforge.errors import ConfigError
 from kdforge.export import export_student
 from kdforge.models.build import build_model, count_parameters
 from kdforge.models.taps import TappedModel
+from kdforge.report.html import write_report
+from kdforge.report.profile import model_profile
 from kdforge.report.summary import print_summary, write_summary
-from kdforge.runtime import new_run_dir, run_base, setup_process, write_run_files
+from kdforge.resume import preempted_run
+from kdforge.runtime import new_run_dir, setup_process, write_run_files
 from kdforge.tasks.base import TASKS, Task
 
 
@@ -209,8 +217,13 @@ def train(
         best = dict(best_ckpt["metrics"]) if best_ckpt is not None else trainer.last_metrics
         summary = _summary(config, distiller, trainer, metrics, best, teachers_metrics)
         if run_dir is not None:
-            export_student(_exported_network(trainer, best_ckpt), None, run_dir / "student.safetensors")
+            net = _exported_network(trainer, best_ckpt)
+            export_student(net, None, run_dir / "student.safetensors")
+            if config.log.report:
+                _add_profiles(summary, config, distiller, net)
             write_summary(summary, run_dir / "summary.json")
+            if config.log.report:
+                write_report([run_dir], run_dir / "report.html")
         if config.log.verbose:
             print_summary(summary)
     finally:
@@ -260,6 +273,17 @@ def _exported_network(trainer: Trainer, best: dict[str, Any] | None) -> nn.Modul
     return net
 
 
+def _add_profiles(summary: dict[str, Any], config: RunConfig, distiller: Distiller, student: nn.Module) -> None:
+    """Parameters, size, MACs and CPU latency of the student and each teacher, for the report's table (a cached
+    teacher was measured when the cache was built)."""
+    size = config.data.image_size
+    summary["student"]["profile"] = model_profile(student, (config.data.in_chans, size, size))
+    cached = distiller.cached.reader.manifest.get("teacher_profiles", {}) if distiller.cached is not None else {}
+    for entry in summary["teachers"]:
+        name = entry["teacher"]
+        entry["profile"] = cached.get(name) or teacher_profile(config, name, distiller.teachers[name])
+
+
 def _summary(
     config: RunConfig,
     distiller: Distiller,
@@ -291,49 +315,3 @@ def _summary(
         "steps": trainer.state.global_step,
         "nonfinite_steps": trainer.state.nonfinite_total,
     }
-
-
-def preempted_run(config: RunConfig) -> tuple[Path | None, Path | None]:
-    """(run directory, last.pt) of this config's run when a signal stopped it, so the same command resumes it;
-    (None, None) when there is none."""
-    run_dir = run_base(config)
-    if not (run_dir / PREEMPTED_MARKER).is_file() or not (run_dir / "checkpoints" / "last.pt").is_file():
-        return None, None
-    saved, wanted = _flat(load_config([run_dir / "config.yaml"]).to_dict()), _flat(config.to_dict())
-    differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
-    if differing:
-        raise ConfigError(
-            f"run {str(run_dir)!r} was stopped by a signal and waits to be resumed, but this config differs from its "
-            f"config.yaml in {', '.join(differing[:8])}. Resume it with `kdforge train --resume {run_dir}` (its own "
-            f"config, plus --set for what may change), or delete {run_dir / PREEMPTED_MARKER} to start a new run."
-        )
-    console.print(f"resuming {run_dir}: it was stopped by a signal")
-    return run_dir, run_dir / "checkpoints" / "last.pt"
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def resume_target(path: str | Path) -> tuple[Path, Path]:
-    """For ``--resume``: the run directory and the checkpoint (``last.pt`` when given a directory)."""
-    path = Path(path)
-    ckpt = path / "checkpoints" / "last.pt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise ConfigError(f"nothing to resume at {str(path)!r}: {str(ckpt)!r} does not exist.")
-    run_dir = ckpt.parent.parent
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{str(run_dir)!r} has no config.yaml; resume needs the run directory kdforge wrote.")
-    return run_dir, ckpt
-
-
-def resume_config(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, Path, Path]:
-    """The run's saved config (plus overrides), its directory and its checkpoint."""
-    run_dir, ckpt = resume_target(path)
-    return load_config([run_dir / "config.yaml"], overrides), run_dir, ckpt

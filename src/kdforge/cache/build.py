@@ -19,7 +19,13 @@ from kdforge.cache.reading import TeacherCache
 from kdforge.cache.store import DENSE, CacheReader, CacheWriter, build_lock, read_manifest
 from kdforge.config import CacheConfig, RunConfig
 from kdforge.data.views import reads_differ
-from kdforge.distill.teachers import build_teachers, evaluate_teachers, teacher_device, teacher_stacks
+from kdforge.distill.teachers import (
+    build_teachers,
+    evaluate_teachers,
+    teacher_device,
+    teacher_profile,
+    teacher_stacks,
+)
 from kdforge.engine.evaluate import autocast_context, resolve_amp
 from kdforge.errors import CacheError, StaleCacheError
 from kdforge.models.build import count_parameters
@@ -169,6 +175,7 @@ def _build(
             "teacher_metrics": metrics,
             "teacher_params": {name: count_parameters(net) for name, net in teachers.items()},
             "token_layouts": {name: net.token_layout() for name, net in teachers.items()},
+            "teacher_profiles": {name: teacher_profile(config, name, net) for name, net in teachers.items()},
             "build_seconds": round(time.perf_counter() - tic, 3),
         }
     )

@@ -386,6 +386,7 @@ class LogConfig(_Strict):
     verbose: bool = True  # one line per evaluation and the final table
     diagnostics_every_steps: int = Field(100, ge=0)  # each loss part's gradient share (one extra backward); 0: off
     teacher_agreement: bool = True  # teacher-student top-1 agreement and KL at every evaluation (live teacher)
+    report: bool = True  # report.html at the end (with the models' size, MACs and CPU latency)
 
 
 class RunConfig(_Strict):

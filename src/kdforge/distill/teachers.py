@@ -136,3 +136,16 @@ def build_teachers(
                 config.data.mean, config.data.std, spec.input.mean, spec.input.std, spec.input.size
             )
     return teachers, inputs
+
+
+TEACHER_LATENCY_RUNS = 5  # a big teacher's CPU forward can take a second; fewer runs than the student's
+
+
+def teacher_profile(config: RunConfig, name: str, teacher: TeacherRunner) -> dict[str, Any]:
+    """The report's cost figures of one teacher (`kdforge.report.profile`), at the input size it reads."""
+    from kdforge.report.profile import model_profile
+
+    spec, data = config.teacher_specs()[name], config.data
+    size = spec.input.size if spec.input is not None and spec.input.size is not None else data.image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return model_profile(teacher.net.model, (data.in_chans, height, width), runs=TEACHER_LATENCY_RUNS)

@@ -34,6 +34,11 @@ def model_profile(model: nn.Module, input_shape: tuple[int, ...], runs: int = 20
     """
     net = copy.deepcopy(model).cpu().float().eval()
     example = torch.zeros(1, *input_shape)
+    if example.dim() == 4 and any(
+        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in net.parameters()
+    ):
+        example = example.contiguous(memory_format=torch.channels_last)  # measured as it runs (train.channels_last)
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "size_bytes": state_dict_bytes(model),

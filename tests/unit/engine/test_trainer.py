@@ -14,7 +14,8 @@ from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.evaluate import to_device
 from kdforge.engine.trainer import Trainer
 from kdforge.errors import ConfigError, NonFiniteLossError
-from kdforge.pipeline import resume_config, train
+from kdforge.pipeline import train
+from kdforge.resume import resume_config
 
 
 class _Crash(RuntimeError):
