@@ -94,8 +94,9 @@ class Diagnosis:
     - *Imitation*: an evaluation period is the train records between two val records; per period, the mean of
       each ``loss/<part>``. From the period `patience` evaluations ago to the last one, the sum of the
       distillation terms' means fell by at least `min_drop` (relative) while the task loss's mean fell by less
-      than ``min_drop / 5``. Only periods with the same terms are compared: a schedule that switches a term off
-      is no drop.
+      than ``min_drop / 5``, and fitness has not improved for `patience` evaluations (a task loss that stays flat
+      while the val metric still improves, e.g. with few labels, is no reason to warn). Only periods with the same
+      terms are compared: a schedule that switches a term off is no drop.
 
     A warning is returned when its condition becomes true (per term for the first rule), and again only after
     it was false in between. Records without what a rule reads (no ``loss/task`` when the task weight is 0, no
@@ -160,7 +161,7 @@ class Diagnosis:
         return found
 
     def _imitation(self) -> dict[str, str]:
-        if len(self._periods) <= self.patience:
+        if len(self._periods) <= self.patience or self.stalled_evals < self.patience:
             return {}
         first, last = self._periods[0], self._periods[-1]
         terms = set(first) - {TASK}

@@ -258,9 +258,9 @@ class Trainer:
         }
 
     def _warn(self, warnings: list[str]) -> None:
-        """Diagnosis warnings: on the console, and in metrics.jsonl for the report."""
+        """Diagnosis warnings: advice, so on the console only when verbose; always in metrics.jsonl (the report)."""
         for text in warnings:
-            self.logger.warning(text)
+            self.logger.message(f"[yellow]{text}")
             self.logger.log("warning", self.state.global_step, {"message": text})
 
     def _optimizer_step(self) -> bool:
