@@ -47,3 +47,16 @@ def test_interrupt_during_the_write_is_cleaned_up_too(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         atomic_write(tmp_path / "out.bin", interrupted)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+
+    from kdforge.atomic import atomic_write
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "ckpt.pt", lambda tmp: open(tmp, "w").write("x"))
+    finally:
+        os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o644

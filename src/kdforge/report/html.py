@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -79,11 +78,7 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     runs = [load_run(Path(path), name) for path, name in zip(run_dirs, run_names(run_dirs), strict=True)]
     page = render(runs)
 
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(page, encoding="utf-8")
-        os.chmod(tmp, 0o644)  # a page to share; the temporary file was created private
-
-    return atomic_write(Path(out), write)
+    return atomic_write(Path(out), lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 
 def run_names(paths: list[Path]) -> list[str]:
