@@ -18,10 +18,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-c", "--config", action="append", default=[], help="YAML file; repeat to merge in order")
     _add_set(p, "override one value, e.g. --set train.epochs=5 (applied last)")
     p.add_argument("--teacher", help="teacher model: timm name, or pkg.mod:factory; 'none' trains without one")
-    p.add_argument("--teacher-source", choices=["timm", "torchvision", "import"])
+    p.add_argument("--teacher-source", choices=["timm", "torchvision", "smp", "import"])
     p.add_argument("--teacher-checkpoint", help="teacher weights (.pt/.pth/.safetensors)")
     p.add_argument("--student", help="student model: timm name, or pkg.mod:factory")
-    p.add_argument("--student-source", choices=["timm", "torchvision", "import"])
+    p.add_argument("--student-source", choices=["timm", "torchvision", "smp", "import"])
     p.add_argument("--alpha", type=float, help="KD weight: loss = (1-alpha)*CE + alpha*KD (default 0.7)")
     p.add_argument("--temperature", type=float, help="KD temperature (default 4)")
     p.add_argument("--data", help="dataset root with train/ and val/ class folders")
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the distillation terms with their parameters and papers")
     p = sub.add_parser("modules", help="list a model's module names (for distill.taps)")
     p.add_argument("model", help="timm name or pkg.mod:factory")
-    p.add_argument("--source", choices=["timm", "torchvision", "import"])
+    p.add_argument("--source", choices=["timm", "torchvision", "smp", "import"])
     return parser
 
 

@@ -27,7 +27,8 @@ class InputSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    """How to build one model: ``source`` is ``timm``, ``torchvision`` or ``import`` (``pkg.mod:factory``)."""
+    """How to build one model: ``source`` is ``timm``, ``torchvision``, ``smp`` (segmentation-models-pytorch) or
+    ``import`` (``pkg.mod:factory``)."""
 
     source: str = "timm"
     name: str
@@ -74,6 +75,8 @@ class DataConfig(_Strict):
     factory: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     num_classes: int | None = None
+    class_names: list[str] | None = None  # segmentation: the classes' names, index = the mask value
+    ignore_index: int = 255  # segmentation: mask value of pixels without a label
     image_size: int = Field(224, gt=0)
     in_chans: int = Field(3, gt=0)
     mean: tuple[float, ...] = IMAGENET_MEAN

@@ -35,6 +35,46 @@ def _torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
+SMP_ARCHITECTURES = (
+    "Unet",
+    "UnetPlusPlus",
+    "FPN",
+    "PSPNet",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "Linknet",
+    "MAnet",
+    "PAN",
+    "UPerNet",
+    "Segformer",
+    "DPT",
+)
+
+
+@MODEL_SOURCES.register("smp")
+def _smp(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """segmentation-models-pytorch: ``name`` is the architecture (``Segformer``, ``Unet``, ``FPN``,
+    ``DeepLabV3Plus``...), ``kwargs`` its arguments (``encoder_name: mit_b0``); ``num_classes`` becomes smp's
+    ``classes``, and encoder weights are never downloaded (``encoder_weights: null``)."""
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError as exc:
+        raise KDForgeError("source 'smp' needs segmentation-models-pytorch: pip install 'kdforge[seg]'.") from exc
+    names = [n for n in SMP_ARCHITECTURES if hasattr(smp, n)]
+    if name not in names:
+        raise RegistryError(f"segmentation-models-pytorch has no architecture {name!r}.{did_you_mean(name, names)}")
+    kwargs = {"encoder_weights": None, **kwargs}
+    if "num_classes" in kwargs:
+        kwargs["classes"] = kwargs.pop("num_classes")
+    encoder = kwargs.get("encoder_name")
+    if encoder is not None and encoder not in smp.encoders.get_encoder_names() and not encoder.startswith("tu-"):
+        raise RegistryError(
+            f"segmentation-models-pytorch has no encoder {encoder!r}."
+            f"{did_you_mean(encoder, smp.encoders.get_encoder_names())} timm encoders are named 'tu-<timm name>'."
+        )
+    return getattr(smp, name)(**kwargs)
+
+
 @MODEL_SOURCES.register("import")
 def _import(name: str, kwargs: dict[str, Any]) -> nn.Module:
     factory = import_object(name, "model factory")
