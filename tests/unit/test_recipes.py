@@ -6,6 +6,7 @@ import functools
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kdforge.config import load_config
 from kdforge.distill.losses import build_term
@@ -22,10 +23,12 @@ def test_recipe_validates_and_its_terms_build(path: Path):
 
 
 @functools.cache
-def _module_names(name: str) -> frozenset[str]:
-    import timm
+def _module_names(source: str, name: str, kwargs: str) -> frozenset[str]:
+    from kdforge.config import ModelSpec
+    from kdforge.models.build import build_model
 
-    return frozenset(n for n, _ in timm.create_model(name, pretrained=False).named_modules())
+    spec = ModelSpec(source=source, name=name, kwargs=yaml.safe_load(kwargs))
+    return frozenset(n for n, _ in build_model(spec, 4).named_modules())
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -33,9 +36,10 @@ def test_recipe_taps_exist_in_the_named_models(path: Path):
     config = load_config([path])
     models = {**{f"teacher {n}": s for n, s in config.teacher_specs().items()}, "student": config.student}
     for role, spec in models.items():
-        if spec.source != "timm":
+        if spec.source not in ("timm", "smp"):
             continue
         extra = config.distill.taps.student if role == "student" else config.distill.taps.teacher
         taps = {**spec.taps, **(extra if role in ("student", "teacher teacher") else {})}
-        missing = [p for p in taps.values() if p not in _module_names(spec.name)]
+        names = _module_names(spec.source, spec.name, yaml.safe_dump(spec.kwargs))
+        missing = [p for p in taps.values() if p not in names]
         assert not missing, f"{role} {spec.name} has no module {missing}"
