@@ -140,9 +140,15 @@ def cmd_modules(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from kdforge.data.digits import write_image_folders
+    if args.name == "digits":
+        from kdforge.data.digits import write_image_folders
 
-    print(write_image_folders(args.out, image_size=args.image_size))
+        print(write_image_folders(args.out, image_size=args.image_size))
+        return 0
+    from kdforge.data.shapes import WRITERS
+
+    options = dict(image_size=args.image_size, train=args.train, val=args.val, seed=args.seed)
+    print(WRITERS[args.task](args.out, **options))
     return 0
 
 
@@ -165,6 +171,22 @@ def cmd_methods(args: argparse.Namespace) -> int:
         table.add_row(name, cls.inputs, shown, reference)
     Console(width=max(120, Console().width)).print(table)
     return 0
+
+
+def _data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="write a small real dataset to try a task on: digits, shapes")
+    sets = p.add_subparsers(dest="name", required=True)
+    p = sets.add_parser("digits", help="the bundled digits as train/ and val/ class folders (classification)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--image-size", type=int, default=32)
+    p = sets.add_parser("shapes", help="generated circles, squares and triangles on textured backgrounds")
+    p.add_argument("out", help="output folder")
+    # kdforge.data.shapes.WRITERS' keys (not imported here, so the parser stays light)
+    p.add_argument("--task", required=True, choices=["segment"], help="segment: images/ + class-index masks/")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--train", type=int, default=64, help="number of training images")
+    p.add_argument("--val", type=int, default=16, help="number of validation images")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,10 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="teacher, student alone and student distilled on the bundled digits")
     p.add_argument("--out", default="runs/demo", help="where the three runs go")
     p.add_argument("--seeds", type=int, default=3, help="repeat the student runs over this many seeds")
-    p = sub.add_parser("data", help="write the bundled digits as train/ and val/ image folders")
-    p.add_argument("name", choices=["digits"])
-    p.add_argument("out", help="output folder")
-    p.add_argument("--image-size", type=int, default=32)
+    _data_parser(sub)
     p = sub.add_parser("report", help="one self-contained HTML page of a run's charts and tables, or of several")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several are overlaid in every chart")
     p.add_argument("--out", help="HTML file (default: RUN_DIR/report.html for one run, ./report.html for several)")

@@ -1,4 +1,4 @@
-"""Dataset sources for classification: image folders, the bundled digits, or any ``pkg.mod:factory``.
+"""Dataset sources: class folders, segmentation folders, the bundled digits, or any ``pkg.mod:factory``.
 
 Every dataset is wrapped so that a batch is a dict ``{"input", "target", "index"}``; ``target`` is -1
 for samples without a label (e.g. an unlabelled transfer set), which get the distillation terms only.
@@ -51,6 +51,13 @@ def _imagefolder(cfg: DataConfig, split: str) -> Dataset:
         return ImageFolder(str(folder), transform=transform, **cfg.kwargs)
     except FileNotFoundError as exc:
         raise DataError(f"dataset folder {str(folder)!r}: {exc}") from exc
+
+
+@DATASETS.register("segfolder")
+def _segfolder(cfg: DataConfig, split: str) -> Dataset:
+    from kdforge.data.segmentation import SegmentationFolder
+
+    return SegmentationFolder(cfg, split)
 
 
 @DATASETS.register("import")
