@@ -13,8 +13,8 @@ def _add_set(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
 
-def _train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train or distil a student from YAML configs and/or short flags")
+def _train_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text)
     p.add_argument("-c", "--config", action="append", default=[], help="YAML file; repeat to merge in order")
     _add_set(p, "override one value, e.g. --set train.epochs=5 (applied last)")
     p.add_argument("--teacher", help="teacher model: timm name, or pkg.mod:factory; 'none' trains without one")
@@ -31,6 +31,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--name", help="run name under output.dir")
     p.add_argument("--resume", help="run directory or checkpoint to continue from (uses the run's config.yaml)")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also train the same student without distillation (same data, budget, seed) and compare (= compare)",
+    )
 
 
 def _short_flags(args: argparse.Namespace) -> dict[str, object]:
@@ -66,8 +71,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.config and args.student is None:
         raise KDForgeError("give a config (-c FILE) or at least --student NAME and --data DIR.")
-    raw = apply_short_flags(merge_files(args.config), flags)
-    train(load_config(base=raw, overrides=args.overrides))
+    config = load_config(base=apply_short_flags(merge_files(args.config), flags), overrides=args.overrides)
+    if args.baseline:
+        from kdforge.compare import compare
+
+        compare(config)
+    else:
+        train(config)
     return 0
 
 
@@ -192,7 +202,10 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdforge", description="Knowledge distillation for PyTorch vision models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
+    _train_parser(sub, "train", "train or distil a student from YAML configs and/or short flags")
+    _train_parser(
+        sub, "compare", "train the student without distillation, then distilled, and compare (train --baseline)"
+    )
     p = sub.add_parser("cache", help="run the teacher once over the training set and store its outputs")
     p.add_argument("-c", "--config", action="append", default=[], required=True, help="YAML file; repeat to merge")
     _add_set(p, "override one value, e.g. --set cache.views=8")
@@ -229,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "train": cmd_train,
+    "compare": lambda args: cmd_train(argparse.Namespace(**{**vars(args), "baseline": True})),
     "cache": cmd_cache,
     "eval": cmd_eval,
     "export": cmd_export,

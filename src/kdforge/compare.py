@@ -47,7 +47,7 @@ def compare(config: RunConfig, console: Console | None = None) -> dict[str, Any]
         comparison["report"] = str(
             write_report([baseline.run_dir, distilled.run_dir], base.with_name(f"{base.name}-compare.html"))
         )
-    print_comparison(comparison, console or Console())
+    print_comparison(comparison, console or Console(width=max(120, Console().width)))
     return comparison
 
 
@@ -70,7 +70,7 @@ def print_comparison(comparison: dict[str, Any], console: Console) -> None:
     metrics = list(comparison["distilled"]["metrics"])
     table = Table(title="distilled vs baseline (same student, data, budget and seed)", title_justify="left")
     for column in ("run", "task loss first", "task loss last", "improvement", *metrics):
-        table.add_column(column, justify="left" if column == "run" else "right")
+        table.add_column(column, justify="left" if column == "run" else "right", no_wrap=column == "run")
     for name in ("baseline", "distilled"):
         row = comparison[name]
         table.add_row(

@@ -89,12 +89,20 @@ def collective_device() -> torch.device:
 
 
 def sum_attributes(obj: Any, names: Sequence[str]) -> None:
-    """Replace each numeric attribute `names` of `obj` (a metrics accumulator) by its sum over processes."""
+    """Replace each attribute `names` of `obj` (a metrics accumulator) by its sum over processes: numbers
+    become floats; tensors (e.g. a confusion matrix) are summed in place and keep their dtype and device."""
     if not current_world().distributed or not names:
         return
-    values = [float(getattr(obj, name)) for name in names]
+    tensors = [name for name in names if isinstance(getattr(obj, name), torch.Tensor)]  # same order on every rank
+    for name in tensors:
+        tensor = getattr(obj, name)
+        tensor.copy_(sum_across(tensor.to(collective_device())))  # NCCL reduces only GPU tensors
+    numbers = [name for name in names if name not in tensors]
+    if not numbers:
+        return
+    values = [float(getattr(obj, name)) for name in numbers]
     totals = sum_across(torch.tensor(values, dtype=torch.float64, device=collective_device()))
-    for name, total in zip(names, totals.tolist(), strict=True):
+    for name, total in zip(numbers, totals.tolist(), strict=True):
         setattr(obj, name, total)
 
 

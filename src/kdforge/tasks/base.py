@@ -16,8 +16,9 @@ Outputs = dict[str, torch.Tensor]
 class Metrics:
     """Accumulates over evaluation batches; ``compute()`` returns ``{"val/...": x, "fitness": x}``.
 
-    ``sums`` names the numeric attributes that are plain sums over samples: under torchrun they are summed
-    over the processes (each evaluates its share of the val set) before ``compute()``.
+    ``sums`` names the attributes (numbers or tensors, e.g. a confusion matrix) that are plain sums over
+    samples: under torchrun they are summed over the processes (each evaluates its share of the val set)
+    before ``compute()``.
     """
 
     sums: tuple[str, ...] = ()
@@ -66,3 +67,4 @@ class Task:
 
 TASKS: Registry[type[Task]] = Registry("task")
 TASKS.register("classification", "kdforge.tasks.classification:ClassificationTask")
+TASKS.register("segmentation", "kdforge.tasks.segmentation:SegmentationTask")
