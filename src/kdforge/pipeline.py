@@ -17,7 +17,7 @@ from kdforge.cache.reading import CachedTeacherDataset, TeacherCache
 from kdforge.config import RunConfig
 from kdforge.data.sampler import ResumableSampler
 from kdforge.distill.distiller import Distiller, WeightedTerm
-from kdforge.distill.losses import build_term
+from kdforge.distill.losses import build_term, term_signature
 from kdforge.distill.losses.dense import expose_attention
 from kdforge.distill.schedule import EpochSettings, epoch_settings
 from kdforge.distill.teachers import (
@@ -126,10 +126,14 @@ def build_distiller(
 
 
 def _terms(config: RunConfig, first: EpochSettings) -> list[WeightedTerm]:
-    """The configured terms, built, with their epoch-0 weights (config validation checked what they schedule)."""
+    """The configured terms, built, with their epoch-0 weights (config validation checked what they schedule).
+    A term that skips unlabelled pixels gets ``data.ignore_index`` unless it sets its own."""
     terms = []
     for name, spec in zip(config.distill.term_names(), config.distill.terms, strict=True):
-        term = build_term(spec.loss, spec.params())
+        params = spec.params()
+        if "ignore_index" in term_signature(spec.loss)[0]:
+            params.setdefault("ignore_index", config.data.ignore_index)
+        term = build_term(spec.loss, params)
         terms.append(WeightedTerm(name, first.weights[name], term, tuple(spec.teachers or ())))
     return terms
 

@@ -84,3 +84,12 @@ def test_compare_trains_the_baseline_on_the_same_budget_and_reports_the_differen
     assert baseline_config["train"] == yaml.safe_load((tmp_path / "runs" / "seg" / "config.yaml").read_text())["train"]
     out = " ".join(capsys.readouterr().out.split())
     assert "distilled - baseline" in out and (tmp_path / "runs" / "seg-compare.html").is_file()
+
+
+def test_pixel_kl_skips_the_datasets_unlabelled_value_unless_told_otherwise(tmp_path):
+    from kdforge.distill.schedule import epoch_settings
+    from kdforge.pipeline import _terms
+
+    config = validate_config(_config(tmp_path, data={"dataset": "segfolder", "root": str(tmp_path), "ignore_index": 7}))
+    terms = {t.name: t.term for t in _terms(config, epoch_settings(config.distill, 0, config.train.epochs))}
+    assert terms["kd"].ignore_index == 7
