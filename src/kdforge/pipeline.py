@@ -31,6 +31,7 @@ from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.distributed import barrier, current_world
 from kdforge.engine.evaluate import to_device
 from kdforge.engine.logger import RunLogger, console
+from kdforge.engine.preemption import ignore_stop_signals
 from kdforge.engine.trainer import Trainer
 from kdforge.errors import ConfigError
 from kdforge.export import export_student
@@ -70,6 +71,7 @@ def build_loaders(
         )
     common: dict[str, Any] = dict(
         num_workers=data.num_workers,
+        worker_init_fn=ignore_stop_signals,
         pin_memory=data.pin_memory and device.type == "cuda",
         persistent_workers=data.persistent_workers and data.num_workers > 0,
     )
@@ -211,12 +213,13 @@ def train(
     if resume is not None:
         trainer.resume(resume)
     try:
-        if cache is not None:  # measured when the cache was built; the teacher is not loaded
-            teachers_metrics = cache.reader.manifest["teacher_metrics"]
-        else:
-            teachers_metrics = _evaluate_teachers(config, distiller, val_loader, task, device, trainer.amp, logger)
+        with trainer.stop:  # a signal during the teacher's evaluation also stops cleanly (before the first step)
+            if cache is not None:  # measured when the cache was built; the teacher is not loaded
+                teachers_metrics = cache.reader.manifest["teacher_metrics"]
+            else:
+                teachers_metrics = _evaluate_teachers(config, distiller, val_loader, task, device, trainer.amp, logger)
+            metrics = trainer.fit()
         teacher_metrics = next(iter(teachers_metrics.values()), {})
-        metrics = trainer.fit()
         best_ckpt = _best_checkpoint(run_dir)
         best = dict(best_ckpt["metrics"]) if best_ckpt is not None else trainer.last_metrics
         summary = _summary(config, distiller, trainer, metrics, best, teachers_metrics)

@@ -15,9 +15,9 @@ from kdforge.runtime import run_base
 
 def preempted_run(config: RunConfig) -> tuple[Path | None, Path | None]:
     """(run directory, last.pt) of this config's run when a signal stopped it, so the same command resumes it;
-    (None, None) when there is none."""
-    run_dir = run_base(config)
-    if not (run_dir / PREEMPTED_MARKER).is_file() or not (run_dir / "checkpoints" / "last.pt").is_file():
+    (None, None) when there is none. The run may carry a ``-2``, ``-3``... suffix (its name was taken)."""
+    run_dir = _stopped_run(run_base(config))
+    if run_dir is None:
         return None, None
     saved, wanted = _flat(load_config([run_dir / "config.yaml"]).to_dict()), _flat(config.to_dict())
     differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
@@ -29,6 +29,16 @@ def preempted_run(config: RunConfig) -> tuple[Path | None, Path | None]:
         )
     console.print(f"resuming {run_dir}: it was stopped by a signal")
     return run_dir, run_dir / "checkpoints" / "last.pt"
+
+
+def _stopped_run(base: Path) -> Path | None:
+    """The last of ``base``, ``base-2``, ... that a signal stopped (marker and last.pt present)."""
+    found, candidate, n = None, base, 2
+    while candidate.exists():
+        if (candidate / PREEMPTED_MARKER).is_file() and (candidate / "checkpoints" / "last.pt").is_file():
+            found = candidate
+        candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return found
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

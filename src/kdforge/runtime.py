@@ -51,9 +51,10 @@ def seed_everything(seed: int) -> None:
 def setup_process(config: RunConfig) -> torch.device:
     """Set threads and seeds, join the torchrun process group when there is one; return the device."""
     torch.set_num_threads(config.threads or default_threads())
-    seed_everything(config.seed)
     device = resolve_device(config.device)
-    init_distributed(device.type == "cuda")
+    world = init_distributed(device.type == "cuda")
+    # Each process draws its own dropout and augmentation; DDP gives every process rank 0's initial weights.
+    seed_everything(config.seed + 1_000_003 * world.rank)
     return device
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kdforge.distill.losses.base import softened_kl
@@ -57,11 +58,13 @@ def teacher_agreement(
     amp: str = "off",
     key: str = "logits",
     channels_last: bool = False,
+    ignore_index: int | None = None,
 ) -> dict[str, float]:
     """``val/agreement`` (% of samples where the student's top-1 equals the teacher's) and ``val/teacher_kl``
     (mean KL(teacher || student) at T = 1 per sample) over the loader; both modules return dicts of outputs
-    (`key` holds (B, C) logits; dense (B, C, ...) logits count per position). Restores each module's train/eval
-    mode. A teacher that reads another input than the student (resized, renormalised) must include that step.
+    (`key` holds (B, C) logits; dense (B, C, ...) logits count per position, the student's resized to the
+    teacher's, positions whose target is `ignore_index` left out). Restores each module's train/eval mode. A
+    teacher that reads another input than the student (resized, renormalised) must include that step.
     """
     modes = [(module, module.training) for module in (student, teacher)]
     student.eval()
@@ -74,14 +77,28 @@ def teacher_agreement(
         with autocast():
             s_logits, t_logits = student(inputs)[key], teacher(inputs)[key]
         s_logits, t_logits = s_logits.float(), t_logits.float()  # (B, C, ...); loss math in float32
-        agree += (s_logits.argmax(1) == t_logits.argmax(1)).sum()
-        kl += softened_kl(s_logits, t_logits, 1.0, dim=1).sum()
-        count += s_logits.numel() // s_logits.shape[1]
+        if s_logits.shape[2:] != t_logits.shape[2:]:  # a dense student predicting at another resolution
+            s_logits = F.interpolate(s_logits, size=t_logits.shape[2:], mode="bilinear", align_corners=False)
+        valid = _labelled(batch, t_logits, ignore_index)
+        agree += ((s_logits.argmax(1) == t_logits.argmax(1)) & valid).sum()
+        kl += torch.where(valid, softened_kl(s_logits, t_logits, 1.0, dim=1), 0.0).sum()
+        count += valid.sum()
     for module, mode in modes:
         module.train(mode)
     sum_across(sums)  # under torchrun each process saw its share of the val set
     agreement, teacher_kl = (torch.stack([100 * agree, kl]) / count).tolist()
     return {"val/agreement": agreement, "val/teacher_kl": teacher_kl}
+
+
+def _labelled(batch: dict[str, Any], logits: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    """Positions to count, shaped like ``logits.argmax(1)``: all but those whose dense target (a mask) is
+    unlabelled; class labels of (B, C) logits are never read."""
+    valid = torch.ones_like(logits[:, 0], dtype=torch.bool)
+    target = batch.get("target")
+    dense = logits.dim() > 2 and isinstance(target, torch.Tensor) and target.shape == valid.shape
+    if ignore_index is not None and dense:
+        valid &= target.to(valid.device) != ignore_index
+    return valid
 
 
 class Diagnosis:

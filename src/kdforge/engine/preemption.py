@@ -1,4 +1,5 @@
-"""Stopping cleanly on a signal: a preempted node (SIGTERM, or Slurm's SIGUSR1) or Ctrl-C (SIGINT).
+"""Stopping cleanly on a signal: a preempted node (SIGTERM; SIGUSR1 when sent to the process itself, torchrun
+does not pass it on) or Ctrl-C (SIGINT).
 
 The handler only records the request; the trainer finishes the step it is in, writes ``last.pt``
 atomically and stops with `Preempted`. A second Ctrl-C interrupts at once.
@@ -34,17 +35,21 @@ class StopSignals:
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._depth = 0  # entered again inside itself (the run, then its training loop): installed once
 
     def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
+        self._depth -= 1
+        if self._depth == 0:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
@@ -54,3 +59,10 @@ class StopSignals:
     @property
     def requested(self) -> bool:
         return self.received is not None
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: a cluster signals every process of the job, and a worker killed by it would
+    abort the main process while it writes ``last.pt``; the main process stops its workers itself."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)

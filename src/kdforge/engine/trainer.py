@@ -25,7 +25,7 @@ from kdforge.distill.distiller import Distiller
 from kdforge.engine.buffers import BufferSnapshot
 from kdforge.engine.checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, rng_state, set_rng_state
 from kdforge.engine.diagnostics import Diagnosis, gradient_shares, teacher_agreement
-from kdforge.engine.distributed import average_buffers, current_world, min_across, sum_across, wrap
+from kdforge.engine.distributed import average_buffers, barrier, current_world, min_across, sum_across, wrap
 from kdforge.engine.ema import ModelEma
 from kdforge.engine.evaluate import autocast_context, evaluate, resolve_amp, to_device
 from kdforge.engine.logger import RunLogger
@@ -35,6 +35,7 @@ from kdforge.engine.preemption import PREEMPTED_MARKER, Preempted, StopSignals
 from kdforge.engine.timing import StepTimer
 from kdforge.errors import CheckpointError, ConfigError, NonFiniteLossError, did_you_mean
 from kdforge.models.taps import TappedModel
+from kdforge.runtime import seed_everything
 from kdforge.tasks.base import Task
 
 # The step's parts, as logged (``time/<part>_ms``) and as labelled in the progress bar.
@@ -111,7 +112,6 @@ class Trainer:
             self.train_cfg.epochs * self.optimizer_steps_per_epoch,
             self.optimizer_steps_per_epoch,
         )
-        self.ema = self._new_ema()
         self.buffers = BufferSnapshot([distiller.student])  # BN statistics; term state guards itself
         self.meter = StepMeter()
         self.timer = StepTimer(device)
@@ -122,6 +122,7 @@ class Trainer:
             distiller.student = torch.compile(distiller.student)
         self.world = current_world()
         self.model = wrap(distiller, device)  # DistributedDataParallel under torchrun, else the distiller
+        self.ema = self._new_ema()  # after wrap: DDP has given every process rank 0's weights
         self.stop = StopSignals()
         self.diagnosis = Diagnosis()
         self._shares: dict[str, float] = {}  # the last diagnostic micro-step's gradient shares, logged after its step
@@ -147,6 +148,8 @@ class Trainer:
         """
         try:
             with self.stop:
+                if self._stop_agreed():  # the signal came before the first step (e.g. in the teacher's evaluation)
+                    self._preempted()
                 while self.state.epoch < self.train_cfg.epochs and not self.state.stopped_early:
                     self._train_epoch()
                     self._end_epoch()
@@ -172,6 +175,7 @@ class Trainer:
         self.save("last.pt")
         if self.run_dir is not None:
             (self.run_dir / PREEMPTED_MARKER).write_text(f"{self.state.global_step}\n")
+        barrier()  # the launcher kills the others once one process exits: let rank 0 finish writing first
         state, name = self.state, signal.Signals(self.stop.received or signal.SIGTERM).name
         where = (
             f"epoch {state.epoch + 1}, batch {state.step_in_epoch}"
@@ -189,7 +193,7 @@ class Trainer:
         start = state.step_in_epoch
         self.train_loader.sampler.set_epoch(state.epoch, start=start * self.train_loader.batch_size)
         if self.train_loader.generator is not None:  # workers' seeds come from here, not the global RNG
-            self.train_loader.generator.manual_seed(self.cfg.seed * 1_000_003 + state.epoch)
+            self.train_loader.generator.manual_seed(self.cfg.seed * 1_000_003 + state.epoch * 7919 + self.world.rank)
         self.distiller.train()
         settings = self.distiller.set_epoch(state.epoch)
         if settings is not None and settings.weights:
@@ -416,7 +420,14 @@ class Trainer:
             name = self.distiller.teacher_names[0]
             stack = nn.Sequential(self.distiller.teacher_inputs[name], teacher)
             values = teacher_agreement(
-                self.eval_model(), stack, self.val_loader, self.device, self.amp, keys[0], self.train_cfg.channels_last
+                self.eval_model(),
+                stack,
+                self.val_loader,
+                self.device,
+                self.amp,
+                keys[0],
+                self.train_cfg.channels_last,
+                self.cfg.data.ignore_index,
             )
             self.logger.log("diagnostics", self.state.global_step, {"epoch": self.state.epoch, **values})
         self._warn(self.diagnosis.val_record(metrics))
@@ -492,7 +503,9 @@ class Trainer:
                 self.ema = self._new_ema()
         self.state = TrainState(**ckpt["state"])
         self.last_metrics = dict(ckpt.get("metrics") or {})
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])  # rank 0's: other processes draw their own again
+        if self.world.rank:
+            seed_everything(self.cfg.seed + 1_000_003 * self.world.rank + self.state.global_step)
         self.logger.message(
             f"resumed from {path}: epoch {self.state.epoch}, step {self.state.global_step}"
             + (f" ({self.state.step_in_epoch} batches into the epoch)" if self.state.step_in_epoch else "")
