@@ -254,12 +254,21 @@ COMMANDS = {
 }
 
 
+def _user_message(exc: KDForgeError) -> str:
+    """The error's own sentence: a DataLoader worker re-raises it wrapped in its traceback, which is dropped."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except KDForgeError as exc:
-        print(f"kdforge: error: {exc}", file=sys.stderr)
+        print(f"kdforge: error: {_user_message(exc)}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)  # a preempted run ends with 128 + the signal's number
     except KeyboardInterrupt:
         print(

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from kdforge.atomic import atomic_write
 from kdforge.config import RunConfig, validate_config
+from kdforge.errors import ConfigError
 from kdforge.pipeline import RunResult, train
 from kdforge.report.html import write_report
 from kdforge.runtime import run_base
@@ -30,9 +31,17 @@ def baseline_config(config: RunConfig) -> RunConfig:
 
 def compare(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
     """Train the baseline, then the distilled student; print and save the comparison (json and an overlaid
-    report, ``<output.dir>/<name>-compare.{json,html}``); returns it."""
+    report, ``<output.dir>/<name>-compare.{json,html}``); returns it (empty on processes other than rank 0).
+
+    Raises:
+        ConfigError: the config distils nothing, so there is nothing to compare.
+    """
+    if not config.distill.terms:
+        raise ConfigError("compare trains the student without and with distillation, but distill.terms is empty.")
     baseline = train(baseline_config(config))
     distilled = train(config)
+    if baseline.run_dir is None or distilled.run_dir is None:  # under torchrun only rank 0 has the runs' files
+        return {}
     comparison = {"baseline": _row(baseline), "distilled": _row(distilled)}
     comparison["difference"] = {
         k: v - comparison["baseline"]["metrics"][k]
@@ -43,10 +52,9 @@ def compare(config: RunConfig, console: Console | None = None) -> dict[str, Any]
     atomic_write(
         base.with_name(f"{base.name}-compare.json"), lambda tmp: Path(tmp).write_text(json.dumps(comparison, indent=1))
     )
-    if baseline.run_dir is not None and distilled.run_dir is not None:
-        comparison["report"] = str(
-            write_report([baseline.run_dir, distilled.run_dir], base.with_name(f"{base.name}-compare.html"))
-        )
+    comparison["report"] = str(
+        write_report([baseline.run_dir, distilled.run_dir], base.with_name(f"{base.name}-compare.html"))
+    )
     print_comparison(comparison, console or Console(width=max(120, Console().width)))
     return comparison
 

@@ -93,3 +93,26 @@ def test_pixel_kl_skips_the_datasets_unlabelled_value_unless_told_otherwise(tmp_
     config = validate_config(_config(tmp_path, data={"dataset": "segfolder", "root": str(tmp_path), "ignore_index": 7}))
     terms = {t.name: t.term for t in _terms(config, epoch_settings(config.distill, 0, config.train.epochs))}
     assert terms["kd"].ignore_index == 7
+
+
+def test_compare_without_distillation_terms_is_refused(tmp_path, capsys):
+    config = _config(tmp_path)
+    config["distill"] = {"terms": []}
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["compare", "-c", str(path)]) == 2
+    assert "distill.terms is empty" in capsys.readouterr().err
+
+
+def test_a_bad_mask_read_in_a_worker_is_reported_without_the_worker_traceback(tmp_path, capsys):
+    from PIL import Image
+
+    config = _config(tmp_path, teacher=None, distill={"terms": []})
+    mask = next((tmp_path / "shapes" / "train" / "masks").glob("*.png"))
+    Image.new("L", Image.open(mask).size, 9).save(mask)  # class id 9 of 4
+    config["data"]["num_workers"] = 1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "-c", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert mask.name in err and "Traceback" not in err

@@ -63,7 +63,12 @@ def _smp(name: str, kwargs: dict[str, Any]) -> nn.Module:
     names = [n for n in SMP_ARCHITECTURES if hasattr(smp, n)]
     if name not in names:
         raise RegistryError(f"segmentation-models-pytorch has no architecture {name!r}.{did_you_mean(name, names)}")
-    kwargs = {"encoder_weights": None, **kwargs}
+    if kwargs.get("encoder_weights") is not None:
+        raise KDForgeError(
+            f"kdforge never downloads weights, so encoder_weights must be null (got {kwargs['encoder_weights']!r}); "
+            "load trained weights with checkpoint: PATH instead."
+        )
+    kwargs = {**kwargs, "encoder_weights": None}
     if "num_classes" in kwargs:
         kwargs["classes"] = kwargs.pop("num_classes")
     encoder = kwargs.get("encoder_name")
@@ -95,7 +100,7 @@ def build_model(spec: ModelSpec, num_classes: int | None = None, role: str = "mo
     factory = MODEL_SOURCES.get(spec.source)
     try:
         model = factory(spec.name, kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:  # the library's own check of its arguments
         raise KDForgeError(f"cannot build {role} {spec.name!r} from {spec.source} with {kwargs}: {exc}") from exc
     if spec.checkpoint:
         load_weights(model, spec.checkpoint, key=spec.checkpoint_key, trust=spec.trust_checkpoint, role=role)

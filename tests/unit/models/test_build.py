@@ -79,3 +79,18 @@ def test_import_factory_that_returns_no_module() -> None:
 def test_bad_factory_kwargs_name_the_model() -> None:
     with pytest.raises(KDForgeError, match=r"cannot build student 'kdforge.models.zoo:cnn' from import.*depth"):
         build_model(ModelSpec(source="import", name=CNN, kwargs={"depth": 3}), role="student")
+
+
+def test_smp_models_never_download_and_bad_arguments_are_named():
+    from kdforge.config import ModelSpec
+    from kdforge.errors import KDForgeError
+    from kdforge.models.build import build_model
+
+    with pytest.raises(KDForgeError, match="never downloads weights"):
+        build_model(
+            ModelSpec(source="smp", name="Unet", kwargs={"encoder_name": "resnet18", "encoder_weights": "imagenet"}), 3
+        )
+    with pytest.raises(KDForgeError, match="cannot build student 'Unet' from smp"):
+        build_model(
+            ModelSpec(source="smp", name="Unet", kwargs={"encoder_name": "resnet18", "encoder_depth": 7}), 3, "student"
+        )
