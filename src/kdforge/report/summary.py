@@ -27,7 +27,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     """Teacher vs student: parameters, size ratio and every metric."""
     console = console or Console()
     student, teacher = summary["student"], summary.get("teacher")
-    metrics = list(student["metrics"])
+    metrics = [m for m in student["metrics"] if m.count("/") <= 1]  # per-class values belong in the report
     best = f", student at its best epoch ({summary['best_epoch']})" if summary.get("best_epoch") else ""
     table = Table(title=f"kdforge {summary['task']} run{best}", title_justify="left")
     table.add_column("model")
