@@ -1,4 +1,4 @@
-"""The ``kdforge`` command: train, cache, eval, export, report, demo, data, methods, modules."""
+"""The ``kdforge`` command: train, cache, eval, export, report, profile, demo, data, methods, modules."""
 
 from __future__ import annotations
 
@@ -137,6 +137,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    import json
+
+    from kdforge.config import load_config
+    from kdforge.report.compression import compression_report, print_compression
+
+    report = compression_report(load_config(args.config, args.overrides), args.input_size, args.runs)
+    print_compression(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_modules(args: argparse.Namespace) -> int:
     from kdforge.config import ModelSpec
     from kdforge.models.build import build_model
@@ -233,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML page of a run's charts and tables, or of several")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several are overlaid in every chart")
     p.add_argument("--out", help="HTML file (default: RUN_DIR/report.html for one run, ./report.html for several)")
+    p = sub.add_parser("profile", help="compression report: teacher vs student parameters, size, MACs, CPU latency")
+    p.add_argument("-c", "--config", action="append", default=[], required=True, help="YAML file; repeat to merge")
+    _add_set(p, "override one value, e.g. --set student.name=resnet10t")
+    p.add_argument("--input-size", type=int, help="square input side for every model (default: each model's own)")
+    p.add_argument("--runs", type=int, default=20, help="timed CPU forwards per model")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     sub.add_parser("methods", help="list the distillation terms with their parameters and papers")
     p = sub.add_parser("modules", help="list a model's module names (for distill.taps)")
     p.add_argument("model", help="timm name or pkg.mod:factory")
@@ -248,6 +267,7 @@ COMMANDS = {
     "export": cmd_export,
     "demo": cmd_demo,
     "modules": cmd_modules,
+    "profile": cmd_profile,
     "data": cmd_data,
     "methods": cmd_methods,
     "report": cmd_report,

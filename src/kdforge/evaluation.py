@@ -28,11 +28,13 @@ def run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
 
 
 def checkpoint_path(run_dir: Path | None, checkpoint: str) -> Path:
-    """``best``/``last`` name a run's checkpoints; anything else is a file path."""
+    """``best``/``last`` name a run's checkpoints (best under the run's ``checkpoint.best_name``); anything else
+    is a file path."""
     if checkpoint in ("best", "last"):
         if run_dir is None:
             raise ConfigError(f"--checkpoint {checkpoint} needs a run directory; give a file path instead.")
-        return run_dir / "checkpoints" / f"{checkpoint}.pt"
+        name = run_config(run_dir).train.checkpoint.best_name if checkpoint == "best" else "last.pt"
+        return run_dir / "checkpoints" / name
     return Path(checkpoint)
 
 

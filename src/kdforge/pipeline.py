@@ -220,7 +220,7 @@ def train(
                 teachers_metrics = _evaluate_teachers(config, distiller, val_loader, task, device, trainer.amp, logger)
             metrics = trainer.fit()
         teacher_metrics = next(iter(teachers_metrics.values()), {})
-        best_ckpt = _best_checkpoint(run_dir)
+        best_ckpt = _best_checkpoint(run_dir, config.train.checkpoint.best_name)
         best = dict(best_ckpt["metrics"]) if best_ckpt is not None else trainer.last_metrics
         summary = _summary(config, distiller, trainer, metrics, best, teachers_metrics)
         if run_dir is not None:
@@ -266,9 +266,9 @@ def _evaluate_teachers(
     return results
 
 
-def _best_checkpoint(run_dir: Path | None) -> dict[str, Any] | None:
+def _best_checkpoint(run_dir: Path | None, name: str) -> dict[str, Any] | None:
     """The run's best checkpoint, read once for its metrics and its weights (None when there is none)."""
-    path = run_dir / "checkpoints" / "best.pt" if run_dir else None
+    path = run_dir / "checkpoints" / name if run_dir else None
     return load_checkpoint(path) if path is not None and path.is_file() else None
 
 

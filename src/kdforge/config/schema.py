@@ -319,11 +319,29 @@ class EarlyStoppingConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
+    """Which checkpoints are kept and their file names in ``checkpoints/`` (``last.pt`` is always written: resume
+    reads it). Names may follow another project's layout: ``best_name: best_distillation_model.pth``,
+    ``epoch_name: distillation_epoch_{epoch}.pth``."""
+
     every_epochs: int = Field(0, ge=0)
     every_steps: int = Field(0, ge=0)
     keep_last: int = Field(3, ge=1)
     best_metric: str = "fitness"
     best_mode: Literal["max", "min"] = "max"
+    best_name: str = "best.pt"
+    epoch_name: str = "epoch_{epoch}.pt"
+    step_name: str = "step_{step}.pt"
+
+    @model_validator(mode="after")
+    def _names_fit(self) -> CheckpointConfig:
+        for field, needed in (("epoch_name", "{epoch}"), ("step_name", "{step}")):
+            name = getattr(self, field)
+            if name.count(needed) != 1 or name.replace(needed, "").count("{"):
+                raise ValueError(f"{field} must hold {needed} once (and no other braces), got {name!r}")
+        names = [self.best_name, self.epoch_name, self.step_name]
+        if any("/" in name or name in ("", "last.pt") for name in names):
+            raise ValueError(f"checkpoint names must be plain file names other than last.pt, got {names}")
+        return self
 
 
 class TrainConfig(_Strict):

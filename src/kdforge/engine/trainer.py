@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import re
 import signal
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -329,8 +330,8 @@ class Trainer:
             self._log_train()
         every_steps = self.train_cfg.checkpoint.every_steps
         if every_steps and step % every_steps == 0:
-            self.save(f"step_{step}.pt")
-            self._prune("step_")
+            self.save(self.train_cfg.checkpoint.step_name.format(step=step))
+            self._prune(self.train_cfg.checkpoint.step_name, "step")
             self.save("last.pt")
 
     def _log_train(self) -> None:
@@ -396,8 +397,8 @@ class Trainer:
         if state.epoch % cfg.eval_every_epochs == 0 or state.epoch == cfg.epochs:
             self._evaluate_and_track()
         if cfg.checkpoint.every_epochs and state.epoch % cfg.checkpoint.every_epochs == 0:
-            self.save(f"epoch_{state.epoch}.pt")
-            self._prune("epoch_")
+            self.save(cfg.checkpoint.epoch_name.format(epoch=state.epoch))
+            self._prune(cfg.checkpoint.epoch_name, "epoch")
         self.save("last.pt")
 
     def _evaluate_and_track(self) -> None:
@@ -409,7 +410,7 @@ class Trainer:
         )
         if improved(_metric(metrics, ck.best_metric), state.best, ck.best_mode):
             state.best, state.best_epoch = _metric(metrics, ck.best_metric), state.epoch
-            self.save("best.pt")
+            self.save(ck.best_name)
         self._update_early_stopping(metrics)
         self._diagnose_val(metrics)
 
@@ -475,11 +476,16 @@ class Trainer:
         atomic_save(self.checkpoint_state(), path)
         return path
 
-    def _prune(self, prefix: str) -> None:
+    def _prune(self, pattern: str, field: str) -> None:
+        """Keep the newest ``keep_last`` checkpoints named by `pattern` (e.g. ``epoch_{epoch}.pt``)."""
         if self.run_dir is None:
             return
-        found = sorted((self.run_dir / "checkpoints").glob(f"{prefix}*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
-        for old in found[: -self.train_cfg.checkpoint.keep_last]:
+        head, tail = pattern.split("{" + field + "}")
+        numbered = re.compile(re.escape(head) + r"(\d+)" + re.escape(tail) + "$")
+        found = [
+            (int(m.group(1)), p) for p in (self.run_dir / "checkpoints").iterdir() if (m := numbered.match(p.name))
+        ]
+        for _, old in sorted(found)[: -self.train_cfg.checkpoint.keep_last]:
             old.unlink(missing_ok=True)
 
     def resume(self, path: str | Path) -> None:

@@ -330,3 +330,28 @@ def test_to_device_makes_only_4d_inputs_channels_last():
     assert moved["target"].is_contiguous()  # only the input is converted
     tokens = torch.randn(2, 5, 7)
     assert to_device({"input": tokens}, torch.device("cpu"), channels_last=True)["input"] is tokens
+
+
+def test_checkpoint_names_follow_the_configured_layout(make_config):
+    from kdforge.evaluation import checkpoint_path
+
+    checkpoint = {
+        "every_epochs": 1,
+        "keep_last": 2,
+        "best_name": "best_distillation_model.pth",
+        "epoch_name": "distillation_epoch_{epoch}.pth",
+    }
+    result = train(make_config(train={"epochs": 3, "max_steps_per_epoch": 2, "checkpoint": checkpoint}))
+    names = sorted(p.name for p in (result.run_dir / "checkpoints").iterdir())
+    assert names == ["best_distillation_model.pth", "distillation_epoch_2.pth", "distillation_epoch_3.pth", "last.pt"]
+    assert checkpoint_path(result.run_dir, "best") == result.run_dir / "checkpoints" / "best_distillation_model.pth"
+
+
+@pytest.mark.parametrize(
+    ("field", "name"), [("epoch_name", "epoch.pth"), ("step_name", "step_{epoch}.pt"), ("best_name", "last.pt")]
+)
+def test_checkpoint_names_without_their_number_or_clashing_with_last_are_refused(make_config, field, name):
+    from kdforge.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match=field.split("_")[0] if field != "best_name" else "last.pt"):
+        make_config(train={"checkpoint": {field: name}})
