@@ -84,14 +84,16 @@ def print_compression(report: dict[str, Any], console: Console | None = None) ->
 
 def ratio_line(report: dict[str, Any]) -> str:
     """``15.5x fewer parameters, 4.1x smaller on disk, 3.2x fewer MACs, 4.1x faster on CPU`` (a missing ratio
-    is left out)."""
+    is left out); with several teachers, against their total."""
     phrases = {
         "compression": "fewer parameters",
         "size_ratio": "smaller on disk",
         "macs_ratio": "fewer MACs",
         "speedup": "faster on CPU",
     }
-    return ", ".join(f"{report[k]:.1f}x {text}" for k, text in phrases.items() if report[k] is not None)
+    line = ", ".join(f"{report[k]:.1f}x {text}" for k, text in phrases.items() if report[k] is not None)
+    count = len(report["teachers"])
+    return f"{line} than the {count} teachers together" if count > 1 and line else line
 
 
 def format_bytes(count: int) -> str:
