@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kdforge.config import RunConfig
+from kdforge.errors import ClassCountMismatchError, DataError
 from kdforge.registry import Registry
 
 Outputs = dict[str, torch.Tensor]
@@ -53,7 +54,41 @@ class Task:
         raise NotImplementedError
 
     def to_outputs(self, raw: Any) -> Outputs:
-        raise NotImplementedError
+        """A dict is the model's own named outputs; a tuple or list gives its first element (DeiT's (cls, dist)
+        heads in train mode, smp's auxiliary head); a tensor is the class logits."""
+        if isinstance(raw, dict):
+            return raw
+        if isinstance(raw, (tuple, list)):
+            raw = raw[0]
+        return {"logits": raw}
+
+    def set_classes(self, names: list[str]) -> None:
+        """Record the data's classes; ``data.num_classes`` may add classes the data does not show, never drop any."""
+        wanted = self.config.data.num_classes
+        if wanted is not None and wanted < len(names):
+            raise DataError(
+                f"data.num_classes={wanted} but the dataset has {len(names)} classes "
+                f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); remove data.num_classes or fix it."
+            )
+        self.class_names = names
+        self.num_classes = wanted or len(names)
+
+    def check_logits(self, outputs: Outputs, role: str, layout: tuple[str, ...], hint: str = "") -> None:
+        """Raise `ClassCountMismatchError` unless ``outputs["logits"]`` has the `layout` axes and one class per
+        dataset class on axis 1."""
+        logits = outputs.get("logits")
+        if logits is None or logits.dim() != len(layout):
+            shape = None if logits is None else tuple(logits.shape)
+            raise ClassCountMismatchError(
+                f"the {role} must return logits of shape ({', '.join(layout)}); got {shape}. {hint}".strip()
+            )
+        if logits.shape[1] != self.num_classes:
+            raise ClassCountMismatchError(
+                f"the {role} predicts {logits.shape[1]} classes but the dataset has {self.num_classes} "
+                f"({', '.join(self.class_names[:5])}{', ...' if len(self.class_names) > 5 else ''}). "
+                f"Use a {role} built for {self.num_classes} classes (its num_classes / checkpoint) "
+                "or the dataset it was trained on."
+            )
 
     def loss(self, outputs: Outputs, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from kdforge.data.datasets import UNLABELLED, build_dataset, class_names
-from kdforge.errors import ClassCountMismatchError, DataError
+from kdforge.errors import DataError
 from kdforge.tasks.base import Metrics, Outputs, Task
 
 
@@ -41,37 +41,14 @@ class ClassificationTask(Task):
         cfg = self.config.data
         val, val_raw = build_dataset(cfg, "val")
         names = class_names(val_raw, cfg.num_classes)
-        if cfg.num_classes is not None and cfg.num_classes < len(names):
-            raise DataError(
-                f"data.num_classes={cfg.num_classes} but the dataset has {len(names)} classes "
-                f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); remove data.num_classes or fix it."
-            )
-        self.class_names = names
-        self.num_classes = cfg.num_classes or len(names)
+        self.set_classes(names)
         return val
-
-    def to_outputs(self, raw: Any) -> Outputs:
-        if isinstance(raw, dict):
-            return raw
-        if isinstance(raw, (tuple, list)):  # e.g. DeiT-style (cls, dist) heads in train mode
-            raw = raw[0]
-        return {"logits": raw}
 
     def loss(self, outputs: Outputs, batch: dict[str, Any]) -> torch.Tensor:
         return labelled_cross_entropy(outputs["logits"], batch["target"])
 
     def check_outputs(self, outputs: Outputs, role: str) -> None:
-        logits = outputs.get("logits")
-        if logits is None or logits.dim() != 2:
-            shape = None if logits is None else tuple(logits.shape)
-            raise ClassCountMismatchError(f"the {role} must return logits of shape (batch, classes); got {shape}.")
-        if logits.shape[1] != self.num_classes:
-            raise ClassCountMismatchError(
-                f"the {role} predicts {logits.shape[1]} classes but the dataset has {self.num_classes} "
-                f"({', '.join(self.class_names[:5])}{', ...' if len(self.class_names) > 5 else ''}). "
-                f"Use a {role} built for {self.num_classes} classes (its num_classes / checkpoint) "
-                "or the dataset it was trained on."
-            )
+        self.check_logits(outputs, role, ("batch", "classes"))
 
     def metrics(self) -> Metrics:
         return ClassificationMetrics(self.num_classes or 1)

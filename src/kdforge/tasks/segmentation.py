@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from kdforge.config import DataConfig
 from kdforge.data.datasets import build_dataset
-from kdforge.errors import ClassCountMismatchError, DataError
+from kdforge.errors import DataError
 from kdforge.tasks.base import Metrics, Outputs, Task
 
 
@@ -72,40 +72,19 @@ class SegmentationTask(Task):
         cfg = self.config.data
         val, val_raw = build_dataset(cfg, "val")
         names = _class_names(val_raw, cfg)
-        if cfg.num_classes is not None and cfg.num_classes < len(names):
-            raise DataError(
-                f"data.num_classes={cfg.num_classes} but the dataset has {len(names)} classes "
-                f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); remove data.num_classes or fix it."
-            )
-        self.class_names = names
-        self.num_classes = cfg.num_classes or len(names)
+        self.set_classes(names)
         return val
-
-    def to_outputs(self, raw: Any) -> Outputs:
-        if isinstance(raw, dict):
-            return raw
-        if isinstance(raw, (tuple, list)):  # e.g. smp with aux_params: (mask logits, image-level logits)
-            raw = raw[0]
-        return {"logits": raw}
 
     def loss(self, outputs: Outputs, batch: dict[str, Any]) -> torch.Tensor:
         return pixel_cross_entropy(outputs["logits"], batch["target"], self.config.data.ignore_index)
 
     def check_outputs(self, outputs: Outputs, role: str) -> None:
-        logits = outputs.get("logits")
-        if logits is None or logits.dim() != 4:
-            shape = None if logits is None else tuple(logits.shape)
-            raise ClassCountMismatchError(
-                f"the {role} must return logits of shape (batch, classes, height, width); got {shape}. "
-                "Use a segmentation model (e.g. source 'smp') or task 'classification'."
-            )
-        if logits.shape[1] != self.num_classes:
-            raise ClassCountMismatchError(
-                f"the {role} predicts {logits.shape[1]} classes but the dataset has {self.num_classes} "
-                f"({', '.join(self.class_names[:5])}{', ...' if len(self.class_names) > 5 else ''}). "
-                f"Use a {role} built for {self.num_classes} classes (its num_classes / checkpoint) "
-                "or the dataset it was trained on."
-            )
+        self.check_logits(
+            outputs,
+            role,
+            ("batch", "classes", "height", "width"),
+            "Use a segmentation model (e.g. source 'smp') or task 'classification'.",
+        )
 
     def metrics(self) -> Metrics:
         return SegmentationMetrics(self.num_classes or 1, self.config.data.ignore_index, self.class_names)
