@@ -179,11 +179,14 @@ def build_dataset(cfg: DataConfig, split: str) -> tuple[BatchDict, Dataset]:
     return BatchDict(raw, hidden), raw
 
 
-def class_names(dataset: Dataset, num_classes: int | None) -> list[str]:
-    """The dataset's class names (``classes`` attribute), or ``0..N-1`` when only a count is known."""
+def class_names(dataset: Dataset, cfg: DataConfig) -> list[str]:
+    """The dataset's class names (its ``classes``), else ``data.class_names``, else ``0..N-1`` from
+    ``data.num_classes``."""
     names = getattr(dataset, "classes", None)
+    if names is None:
+        names = cfg.class_names
     if names is not None:
         return [str(n) for n in names]
-    if num_classes is None:
-        raise DataError("the dataset has no 'classes' attribute; set data.num_classes.")
-    return [str(i) for i in range(num_classes)]
+    if cfg.num_classes is None:
+        raise DataError("the dataset has no 'classes' attribute; set data.class_names or data.num_classes.")
+    return [str(i) for i in range(cfg.num_classes)]

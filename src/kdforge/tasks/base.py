@@ -46,12 +46,28 @@ class Task:
         self.class_names: list[str] = []
 
     def datasets(self) -> tuple[Dataset, Dataset]:
-        """(train, val) datasets yielding dicts with at least ``input``."""
-        raise NotImplementedError
+        """(train, val) datasets yielding dicts with at least ``input``, from ``data.dataset``; both splits must
+        have the same classes."""
+        from kdforge.data.datasets import build_dataset, class_names
+
+        train, train_raw = build_dataset(self.config.data, "train")
+        val = self.eval_dataset()
+        names, val_names = class_names(train_raw, self.config.data), self.class_names
+        if names != val_names:
+            raise DataError(
+                f"train and val splits have different classes ({len(names)} vs {len(val_names)}): "
+                f"only in train: {sorted(set(names) - set(val_names))[:10]}, "
+                f"only in val: {sorted(set(val_names) - set(names))[:10]}. Give both splits the same classes."
+            )
+        return train, val
 
     def eval_dataset(self) -> Dataset:
-        """The validation split alone (for ``kdforge eval``: no training data needed)."""
-        raise NotImplementedError
+        """The validation split alone (for ``kdforge eval``: no training data needed); sets the classes."""
+        from kdforge.data.datasets import build_dataset, class_names
+
+        val, val_raw = build_dataset(self.config.data, "val")
+        self.set_classes(class_names(val_raw, self.config.data))
+        return val
 
     def to_outputs(self, raw: Any) -> Outputs:
         """A dict is the model's own named outputs; a tuple or list gives its first element (DeiT's (cls, dist)

@@ -6,10 +6,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from kdforge.data.datasets import UNLABELLED, build_dataset, class_names
-from kdforge.errors import DataError
+from kdforge.data.datasets import UNLABELLED
 from kdforge.tasks.base import Metrics, Outputs, Task
 
 
@@ -24,25 +22,6 @@ def labelled_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.
 class ClassificationTask(Task):
     name = "classification"
     logit_keys = ("logits",)
-
-    def datasets(self) -> tuple[Dataset, Dataset]:
-        train, train_raw = build_dataset(self.config.data, "train")
-        val = self.eval_dataset()
-        names, val_names = class_names(train_raw, self.config.data.num_classes), self.class_names
-        if names != val_names:
-            raise DataError(
-                f"train and val splits have different classes ({len(names)} vs {len(val_names)}): "
-                f"only in train: {sorted(set(names) - set(val_names))[:10]}, "
-                f"only in val: {sorted(set(val_names) - set(names))[:10]}. Give both splits the same class folders."
-            )
-        return train, val
-
-    def eval_dataset(self) -> Dataset:
-        cfg = self.config.data
-        val, val_raw = build_dataset(cfg, "val")
-        names = class_names(val_raw, cfg.num_classes)
-        self.set_classes(names)
-        return val
 
     def loss(self, outputs: Outputs, batch: dict[str, Any]) -> torch.Tensor:
         return labelled_cross_entropy(outputs["logits"], batch["target"])

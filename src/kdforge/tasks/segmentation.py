@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from kdforge.config import DataConfig
-from kdforge.data.datasets import build_dataset
 from kdforge.errors import DataError
 from kdforge.tasks.base import Metrics, Outputs, Task
 
@@ -34,18 +32,6 @@ def pixel_cross_entropy(logits: torch.Tensor, mask: torch.Tensor, ignore_index: 
     return loss_sum / (mask != ignore_index).sum().clamp_min(1)
 
 
-def _class_names(dataset: Dataset, cfg: DataConfig) -> list[str]:
-    """The dataset's ``classes``, else ``data.class_names``, else ``0..N-1`` from ``data.num_classes``."""
-    names = getattr(dataset, "classes", None)
-    if names is None:
-        names = cfg.class_names
-    if names is not None:
-        return [str(n) for n in names]
-    if cfg.num_classes is None:
-        raise DataError("the dataset has no 'classes' attribute; set data.class_names or data.num_classes.")
-    return [str(i) for i in range(cfg.num_classes)]
-
-
 class SegmentationTask(Task):
     name = "segmentation"
     logit_keys = ("logits",)
@@ -57,23 +43,7 @@ class SegmentationTask(Task):
                 "data.labelled_fraction / data.labelled_per_class hide image labels by class (classification only); "
                 "for segmentation remove them and mark unlabelled pixels with data.ignore_index instead."
             )
-        train, train_raw = build_dataset(cfg, "train")
-        val = self.eval_dataset()
-        names, val_names = _class_names(train_raw, cfg), self.class_names
-        if names != val_names:
-            raise DataError(
-                f"train and val splits have different classes ({len(names)} vs {len(val_names)}): "
-                f"only in train: {sorted(set(names) - set(val_names))[:10]}, "
-                f"only in val: {sorted(set(val_names) - set(names))[:10]}. Give both splits the same class list."
-            )
-        return train, val
-
-    def eval_dataset(self) -> Dataset:
-        cfg = self.config.data
-        val, val_raw = build_dataset(cfg, "val")
-        names = _class_names(val_raw, cfg)
-        self.set_classes(names)
-        return val
+        return super().datasets()
 
     def loss(self, outputs: Outputs, batch: dict[str, Any]) -> torch.Tensor:
         return pixel_cross_entropy(outputs["logits"], batch["target"], self.config.data.ignore_index)
