@@ -155,7 +155,7 @@ class Trainer:
                     self._train_epoch()
                     self._end_epoch()
                     if self._stop_agreed():
-                        self._preempted()
+                        self._preempted(saved=True)  # _end_epoch has just written last.pt
         finally:
             self.logger.end_epoch()
         if self.run_dir is not None:
@@ -171,9 +171,11 @@ class Trainer:
     def _keep_going(self) -> torch.Tensor:
         return torch.tensor([0.0 if self.stop.requested else 1.0], device=self.device)
 
-    def _preempted(self) -> None:
-        """Write ``last.pt`` and the marker that makes the same command resume, then stop."""
-        self.save("last.pt")
+    def _preempted(self, saved: bool = False) -> None:
+        """Write ``last.pt`` (unless it was just `saved`) and the marker that makes the same command resume, then
+        stop."""
+        if not saved:
+            self.save("last.pt")
         if self.run_dir is not None:
             (self.run_dir / PREEMPTED_MARKER).write_text(f"{self.state.global_step}\n")
         barrier()  # the launcher kills the others once one process exits: let rank 0 finish writing first
@@ -209,10 +211,11 @@ class Trainer:
             index = state.step_in_epoch
             window_start = index - index % accum
             window_len = min(accum, steps - window_start)  # the epoch's last window may be shorter
+            window_end = index + 1 == window_start + window_len
             with self.timer.section("micro_step"):
-                self._micro_step(batch, index == window_start, window_len)
+                self._micro_step(batch, index == window_start, window_len, window_end)
             state.step_in_epoch += 1
-            if index + 1 == window_start + window_len:
+            if window_end:
                 with self.timer.section("optimizer"):
                     stop = self._optimizer_step()
                 self._after_optimizer_step()
@@ -228,12 +231,11 @@ class Trainer:
             batch = next(batches, None)
             return None if batch is None else to_device(batch, self.device, self.train_cfg.channels_last)
 
-    def _micro_step(self, batch: dict[str, Any], window_start: bool, window_len: int) -> None:
+    def _micro_step(self, batch: dict[str, Any], window_start: bool, window_len: int, window_end: bool) -> None:
         if window_start:
             self.buffers.snapshot()
-        last = self.state.step_in_epoch % self.train_cfg.grad_accum == window_len - 1 or window_len == 1
         # Under DDP, gradients are averaged across processes once per window: on its last micro-step.
-        sync = contextlib.nullcontext() if last or not self.world.distributed else self.model.no_sync()
+        sync = contextlib.nullcontext() if window_end or not self.world.distributed else self.model.no_sync()
         with sync:
             with self.autocast():
                 out = self.model(batch)
