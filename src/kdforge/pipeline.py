@@ -38,7 +38,7 @@ from kdforge.export import export_student
 from kdforge.models.build import build_model, count_parameters
 from kdforge.models.taps import TappedModel
 from kdforge.report.html import write_report
-from kdforge.report.profile import model_profile
+from kdforge.report.profile import input_shape, model_profile
 from kdforge.report.summary import print_summary, write_summary
 from kdforge.resume import preempted_run
 from kdforge.runtime import new_run_dir, setup_process, write_run_files
@@ -283,12 +283,17 @@ def _exported_network(trainer: Trainer, best: dict[str, Any] | None) -> nn.Modul
 def _add_profiles(summary: dict[str, Any], config: RunConfig, distiller: Distiller, student: nn.Module) -> None:
     """Parameters, size, MACs and CPU latency of the student and each teacher, for the report's table (a cached
     teacher was measured when the cache was built)."""
-    size = config.data.image_size
-    summary["student"]["profile"] = model_profile(student, (config.data.in_chans, size, size))
-    cached = distiller.cached.reader.manifest.get("teacher_profiles", {}) if distiller.cached is not None else {}
+    shape = input_shape(config.student, config.data, config.data.image_size)  # the student reads the data as is
+    summary["student"]["profile"] = model_profile(student, shape)
+    cached = _cached_profiles(distiller)
     for entry in summary["teachers"]:
         name = entry["teacher"]
-        entry["profile"] = cached.get(name) or teacher_profile(config, name, distiller.teachers[name])
+        entry["profile"] = cached[name] if cached else teacher_profile(config, name, distiller.teachers[name])
+
+
+def _cached_profiles(distiller: Distiller) -> dict[str, dict[str, Any]]:
+    """The cached teachers' profiles, measured when the cache was built ({} with live teachers)."""
+    return distiller.cached.reader.manifest["teacher_profiles"] if distiller.cached is not None else {}
 
 
 def _summary(
@@ -300,12 +305,12 @@ def _summary(
     teachers_metrics: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
     student_params = count_parameters(trainer.student_net)
-    cached_params = distiller.cached.reader.manifest["teacher_params"] if distiller.cached is not None else {}
+    cached = _cached_profiles(distiller)
     teachers = [
         {
             "teacher": name,
             "name": spec.name,
-            "params": cached_params[name] if cached_params else count_parameters(distiller.teachers[name]),
+            "params": cached[name]["params"] if cached else count_parameters(distiller.teachers[name]),
             "metrics": teachers_metrics.get(name, {}),
         }
         for name, spec in config.teacher_specs().items()

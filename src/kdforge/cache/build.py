@@ -28,7 +28,6 @@ from kdforge.distill.teachers import (
 )
 from kdforge.engine.evaluate import autocast_context, resolve_amp
 from kdforge.errors import CacheError, StaleCacheError
-from kdforge.models.build import count_parameters
 from kdforge.tasks.base import Task
 
 COMMIT_EVERY = 32  # batches between progress records: what an interrupted build loses at most
@@ -173,7 +172,6 @@ def _build(
     path = writer.finish(
         {
             "teacher_metrics": metrics,
-            "teacher_params": {name: count_parameters(net) for name, net in teachers.items()},
             "token_layouts": {name: net.token_layout() for name, net in teachers.items()},
             "teacher_profiles": {name: teacher_profile(config, name, net) for name, net in teachers.items()},
             "build_seconds": round(time.perf_counter() - tic, 3),

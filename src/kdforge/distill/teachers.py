@@ -143,9 +143,7 @@ TEACHER_LATENCY_RUNS = 5  # a big teacher's CPU forward can take a second; fewer
 
 def teacher_profile(config: RunConfig, name: str, teacher: TeacherRunner) -> dict[str, Any]:
     """The report's cost figures of one teacher (`kdforge.report.profile`), at the input size it reads."""
-    from kdforge.report.profile import model_profile
+    from kdforge.report.profile import input_shape, model_profile
 
-    spec, data = config.teacher_specs()[name], config.data
-    size = spec.input.size if spec.input is not None and spec.input.size is not None else data.image_size
-    height, width = (size, size) if isinstance(size, int) else size
-    return model_profile(teacher.net.model, (data.in_chans, height, width), runs=TEACHER_LATENCY_RUNS)
+    shape = input_shape(config.teacher_specs()[name], config.data)
+    return model_profile(teacher.net.model, shape, runs=TEACHER_LATENCY_RUNS)

@@ -14,7 +14,7 @@ from rich.table import Table
 from kdforge.config import DataConfig, ModelSpec, RunConfig
 from kdforge.errors import KDForgeError
 from kdforge.models.build import build_model
-from kdforge.report.profile import model_profile
+from kdforge.report.profile import input_shape, model_profile
 from kdforge.report.summary import format_params, short_name
 
 RATIOS = {"compression": "params", "size_ratio": "size_bytes", "macs_ratio": "macs", "speedup": "latency_ms"}
@@ -50,10 +50,8 @@ def compression_report(config: RunConfig, input_size: int | None = None, runs: i
 
 
 def _profile(spec: ModelSpec, data: DataConfig, input_size: int | None, runs: int, role: str) -> dict[str, Any]:
-    size = input_size or (spec.input and spec.input.size) or data.image_size
-    height, width = (size, size) if isinstance(size, int) else size
     model = build_model(spec, data.num_classes, role=role)
-    return {"name": spec.name, "source": spec.source, **model_profile(model, (data.in_chans, height, width), runs)}
+    return {"name": spec.name, "source": spec.source, **model_profile(model, input_shape(spec, data, input_size), runs)}
 
 
 def print_compression(report: dict[str, Any], console: Console | None = None) -> None:

@@ -18,6 +18,14 @@ from torch.utils.flop_counter import FlopCounterMode
 WARMUP = 3
 
 
+def input_shape(spec: Any, data: Any, side: int | None = None) -> tuple[int, int, int]:
+    """(channels, height, width) one input of a model has: a square of `side`, else its spec's ``input.size``
+    (a teacher reading another size than the data), else ``data.image_size``."""
+    size = side or (spec.input.size if spec.input is not None and spec.input.size else None) or data.image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return data.in_chans, height, width
+
+
 def model_profile(model: nn.Module, input_shape: tuple[int, ...], runs: int = 20, threads: int = 1) -> dict[str, Any]:
     """Cost of `model` for one input of `input_shape` (without the batch dimension, e.g. ``(3, 224, 224)``).
 
