@@ -14,7 +14,7 @@ from kdforge.atomic import atomic_write
 from kdforge.config import RunConfig, validate_config
 from kdforge.errors import ConfigError
 from kdforge.pipeline import RunResult, train
-from kdforge.report.html import write_report
+from kdforge.report.html import read_records, write_report
 from kdforge.runtime import run_base
 
 
@@ -61,7 +61,7 @@ def compare(config: RunConfig, console: Console | None = None) -> dict[str, Any]
 
 def _row(result: RunResult) -> dict[str, Any]:
     """Task loss at the first and last logged step, its improvement, and the best epoch's headline metrics."""
-    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_records(result.run_dir / "metrics.jsonl")
     task = [r["loss/task"] for r in records if r["kind"] == "train" and "loss/task" in r]
     first, last = (task[0], task[-1]) if task else (float("nan"), float("nan"))
     headline = {k: v for k, v in result.best_metrics.items() if k.count("/") <= 1}  # not per-class values
