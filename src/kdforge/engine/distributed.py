@@ -58,15 +58,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(value: Any) -> Any:
-    """Rank 0's `value` on every rank (e.g. the run directory rank 0 created)."""
-    if not current_world().distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def sum_across(values: torch.Tensor) -> torch.Tensor:
     """Element-wise sum of `values` over the processes (in place; returned for chaining)."""
     if current_world().distributed:
@@ -109,12 +100,9 @@ def sum_attributes(obj: Any, names: Sequence[str]) -> None:
 def average_buffers(module: nn.Module) -> None:
     """Average floating-point buffers (BN running statistics) over processes: each process saw other data."""
     world = current_world()
-    if not world.distributed:
-        return
     for buffer in module.buffers():
-        if buffer.is_floating_point():
-            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-            buffer.div_(world.size)
+        if world.distributed and buffer.is_floating_point():
+            sum_across(buffer).div_(world.size)
 
 
 def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
