@@ -13,9 +13,8 @@ from kdforge.engine.checkpoint import FORMAT
 from kdforge.engine.evaluate import evaluate
 from kdforge.errors import CheckpointError, ConfigError
 from kdforge.export import export_all
-from kdforge.models.build import build_model, count_parameters
+from kdforge.models.build import build_model, count_parameters, tapped_model
 from kdforge.models.checkpoint import check_state_dict, read_state_dict
-from kdforge.models.taps import TappedModel
 from kdforge.pipeline import build_task
 from kdforge.report.summary import print_summary
 from kdforge.runtime import setup_process
@@ -76,7 +75,7 @@ def evaluate_checkpoint(config: RunConfig, path: Path) -> dict[str, float]:
     loader = DataLoader(
         val_set, batch_size=config.data.val_batch_size or config.data.batch_size, num_workers=config.data.num_workers
     )
-    metrics = evaluate(TappedModel(net, {}, task.to_outputs), loader, task, device)
+    metrics = evaluate(tapped_model(net, config.student, {}, task.to_outputs), loader, task, device)
     print_summary(
         {
             "task": config.task,

@@ -35,8 +35,7 @@ from kdforge.engine.preemption import ignore_stop_signals
 from kdforge.engine.trainer import Trainer
 from kdforge.errors import ConfigError
 from kdforge.export import export_student
-from kdforge.models.build import build_model, count_parameters
-from kdforge.models.taps import TappedModel
+from kdforge.models.build import build_model, count_parameters, tapped_model
 from kdforge.report.html import write_report
 from kdforge.report.profile import input_shape, model_profile
 from kdforge.report.summary import print_summary, write_summary
@@ -107,7 +106,8 @@ def build_distiller(
     """Models (with taps), terms and the teachers' input adapters (no teacher network when the teacher
     outputs come from `cache`); checks class counts on one batch."""
     student_net = build_model(config.student, task.num_classes, "student")
-    student = TappedModel(student_net, {**config.student.taps, **config.distill.taps.student}, task.to_outputs)
+    taps = {**config.student.taps, **config.distill.taps.student}
+    student = tapped_model(student_net, config.student, taps, task.to_outputs, "all" if config.data.multicrop else None)
     teachers, inputs = ({}, {}) if cache else build_teachers(config, task.num_classes, task.to_outputs, device)
     if any(term.loss == "attention" for term in config.distill.terms):
         expose_attention(student_net)  # timm's fused attention never materialises the probabilities a tap reads

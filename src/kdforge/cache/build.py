@@ -18,6 +18,7 @@ from kdforge.cache.fingerprint import changes, fingerprint
 from kdforge.cache.reading import TeacherCache
 from kdforge.cache.store import DENSE, CacheReader, CacheWriter, build_lock, read_manifest
 from kdforge.config import CacheConfig, RunConfig
+from kdforge.data.inputs import batch_size
 from kdforge.data.views import reads_differ
 from kdforge.distill.teachers import (
     build_teachers,
@@ -26,7 +27,7 @@ from kdforge.distill.teachers import (
     teacher_profile,
     teacher_stacks,
 )
-from kdforge.engine.evaluate import autocast_context, resolve_amp
+from kdforge.engine.evaluate import autocast_context, resolve_amp, to_device
 from kdforge.errors import CacheError, StaleCacheError
 from kdforge.tasks.base import Task
 
@@ -161,11 +162,11 @@ def _build(
     row, tic = writer.rows_done, time.perf_counter()
     with _Progress(len(loader), str(writer.path)) as advance:
         for count, batch in enumerate(loader, 1):
-            x = batch["input"].to(device, non_blocking=True)
+            x = to_device(batch, device)["input"]
             with torch.inference_mode(), autocast():
                 outputs = {name: stack(x) for name, stack in stacks.items()}
             writer.write(row, encode_outputs(outputs, task.logit_keys, config.cache), batch.get("params"))
-            row += len(x)
+            row += batch_size(x)
             if count % COMMIT_EVERY == 0:
                 writer.commit(row)
             advance()

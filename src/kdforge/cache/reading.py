@@ -55,5 +55,5 @@ class TeacherCache:
         self.views: int = reader.views
 
     def outputs(self, batch: dict[str, Any], names: Sequence[str]) -> dict[str, Outputs]:
-        device = batch["input"].device
+        device = batch["index"].device
         return {name: decode_fields(batch["teachers"][name], self.classes, device) for name in names}

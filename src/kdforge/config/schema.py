@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kdforge.config.detection import DetectConfig, check_detection_run
 from kdforge.config.messages import describe_error
 from kdforge.errors import ConfigError, RegistryError, did_you_mean
 
@@ -39,6 +40,7 @@ class ModelSpec(_Strict):
     trust_checkpoint: bool = False
     input: InputSpec | None = None
     taps: dict[str, str] = Field(default_factory=dict)  # {tap_name: module.path}, merged with distill.taps
+    forward: str | None = None  # "pkg.mod:fn" called as fn(model, inputs); default: a dict input by keyword
 
 
 class AugmentConfig(_Strict):
@@ -55,9 +57,7 @@ class AugmentConfig(_Strict):
     @field_validator("scale")
     @classmethod
     def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0.0 < value[0] <= value[1] <= 1.0:
-            raise ValueError("scale must be (min, max) with 0 < min <= max <= 1")
-        return value
+        return _check_scale(value, "scale")
 
     @field_validator("ratio")
     @classmethod
@@ -65,6 +65,37 @@ class AugmentConfig(_Strict):
         if not 0.0 < value[0] <= value[1]:
             raise ValueError("ratio must be (min, max) aspect ratios with 0 < min <= max")
         return value
+
+
+def _check_scale(value: tuple[float, float], name: str) -> tuple[float, float]:
+    if not 0.0 < value[0] <= value[1] <= 1.0:
+        raise ValueError(f"{name} must be (min, max) with 0 < min <= max <= 1")
+    return value
+
+
+class MultiCropConfig(_Strict):
+    """DINO-style multi-crop for feature distillation: ``global_crops`` large crops (the teacher sees these) and
+    ``local_crops`` small ones (the student only), each a random resized crop of the image at its own scale.
+    ``simple`` keeps crop and flip only (fast); otherwise colour jitter, grayscale, blur and solarize as DINO."""
+
+    global_crops: int = Field(2, ge=1)
+    global_size: int | None = Field(None, gt=0)  # None: data.image_size
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_crops: int = Field(6, ge=0)
+    local_size: int | None = Field(None, gt=0)  # None: 3/7 of the global size (96 at 224)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    use_local_crops: bool = True
+    simple: bool = False
+
+    @field_validator("global_scale", "local_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float], info: Any) -> tuple[float, float]:
+        return _check_scale(value, info.field_name)
+
+    @property
+    def locals(self) -> int:
+        """How many local crops each sample gets (0 with ``use_local_crops: false``)."""
+        return self.local_crops if self.use_local_crops else 0
 
 
 class DataConfig(_Strict):
@@ -82,6 +113,7 @@ class DataConfig(_Strict):
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    multicrop: MultiCropConfig | None = None  # training views as several crops (task: features)
     batch_size: int = Field(64, gt=0)
     val_batch_size: int | None = Field(None, gt=0)
     num_workers: int = Field(2, ge=0)
@@ -427,6 +459,7 @@ class RunConfig(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    detect: DetectConfig | None = None  # task: detection (YOLO through Ultralytics)
 
     @field_validator("teacher", mode="before")
     @classmethod
@@ -444,6 +477,7 @@ class RunConfig(_Strict):
     def _teachers_fit_terms(self) -> RunConfig:
         if self.teacher is not None and self.teachers:
             raise ConfigError("set either teacher (one) or teachers (several, by name), not both.")
+        check_detection_run(self)
         names = list(self.teacher_specs())
         if self.distill.terms and not names:
             raise ConfigError("distill.terms are set but there is no teacher; set teacher or remove the terms.")

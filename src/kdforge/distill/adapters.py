@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdforge.data.inputs import Inputs, map_inputs
 from kdforge.errors import ConfigError
 
 TokenLayout = tuple[int, int, int]  # (prefix tokens, grid height, grid width)
@@ -127,7 +128,10 @@ class InputAdapter(nn.Module):
             torch.allclose(scale, torch.ones_like(scale)) and torch.allclose(shift, torch.zeros_like(shift))
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: Inputs) -> Inputs:
+        return map_inputs(self._adapt, inputs)
+
+    def _adapt(self, x: torch.Tensor) -> torch.Tensor:
         if self.renormalize:
             x = x * self.scale + self.shift
         if self.size is not None and tuple(x.shape[-2:]) != self.size:

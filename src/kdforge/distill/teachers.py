@@ -6,6 +6,7 @@ weights, run channels-last and compiled. Its outputs always come back on the dev
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,10 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdforge.config import RunConfig, TeacherRuntimeConfig
+from kdforge.data.inputs import Inputs, first_tensor, map_inputs
 from kdforge.distill.adapters import InputAdapter
 from kdforge.distill.distiller import DEFAULT_TEACHER
 from kdforge.distill.losses.dense import expose_attention
-from kdforge.models.build import build_model
+from kdforge.models.build import build_model, tapped_model
 from kdforge.models.taps import TappedModel
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -54,13 +56,17 @@ class TeacherRunner(nn.Module):
     def token_layout(self) -> tuple[int, int, int] | None:
         return self.net.token_layout()
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        home = x.device
+    def forward(self, inputs: Inputs) -> dict[str, torch.Tensor]:
+        home = first_tensor(inputs).device
+        outputs = self.net(map_inputs(functools.partial(self._prepared, home=home), inputs))
+        return {k: _moved(v, home, v.dtype) for k, v in outputs.items()}
+
+    def _prepared(self, x: torch.Tensor, home: torch.device) -> torch.Tensor:
+        """One input tensor on the teacher's device, dtype and memory format."""
         x = _moved(x, self.device if self.pinned else home, self.dtype or x.dtype)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        outputs = self.net(x)
-        return {k: _moved(v, home, v.dtype) for k, v in outputs.items()}
+        return x
 
 
 def _moved(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -126,7 +132,8 @@ def build_teachers(
         taps = {**spec.taps, **(config.distill.taps.teacher if name == DEFAULT_TEACHER else {})}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            net = TappedModel(build_model(spec, num_classes, teacher_role(name)), taps, to_outputs)
+            net = build_model(spec, num_classes, teacher_role(name))
+            net = tapped_model(net, spec, taps, to_outputs, "global" if config.data.multicrop else None)
         if any(term.loss == "attention" for term in config.distill.terms):
             expose_attention(net.model)  # timm's fused attention never materialises the probabilities a tap reads
         net.requires_grad_(False).eval()

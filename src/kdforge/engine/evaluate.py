@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kdforge.data.inputs import map_inputs
 from kdforge.engine.distributed import sum_attributes
 from kdforge.tasks.base import Task
 
@@ -18,7 +19,7 @@ def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool =
     """The batch's tensors on `device`; with `channels_last`, a 4-D ``input`` also in channels-last memory format,
     to match a channels-last student (a mismatch makes every conv convert it again)."""
     non_blocking = device.type == "cuda"
-    moved = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    moved = map_inputs(lambda v: v.to(device, non_blocking=non_blocking), batch)
     image = moved.get("input")
     if channels_last and isinstance(image, torch.Tensor) and image.dim() == 4:  # (B, C, H, W)
         moved["input"] = image.contiguous(memory_format=torch.channels_last)

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdforge.config import RunConfig
+from kdforge.data.inputs import batch_size
 from kdforge.distill.distiller import Distiller
 from kdforge.engine.buffers import BufferSnapshot
 from kdforge.engine.checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, rng_state, set_rng_state
@@ -242,7 +243,7 @@ class Trainer:
             if window_start and self._diagnostics_due():
                 self._shares = self._gradient_shares(out["parts"])
             self.scaler.scale(out["loss"] / window_len).backward()
-        self.meter.add(out["loss"], out["parts"], len(batch["input"]))
+        self.meter.add(out["loss"], out["parts"], batch_size(batch["input"]))
 
     def _diagnostics_due(self) -> bool:
         every = self.cfg.log.diagnostics_every_steps
@@ -382,7 +383,7 @@ class Trainer:
         """What is evaluated and exported: the EMA student when EMA is on, else the student."""
         if self.ema is None:
             return self.distiller.student
-        return TappedModel(self.ema.module, {}, self.task.to_outputs)
+        return TappedModel(self.ema.module, {}, self.task.to_outputs, self.distiller.student.adapter)
 
     def evaluate(self) -> dict[str, float]:
         """The task's metrics of `eval_model` on the validation loader."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
 from kdforge.config import ModelSpec
+from kdforge.data.inputs import ForwardAdapter
 from kdforge.errors import KDForgeError, RegistryError, did_you_mean
 from kdforge.models.checkpoint import load_weights
+from kdforge.models.taps import TappedModel
 from kdforge.registry import Registry, import_object
 
 ModelFactory = Callable[[str, dict[str, Any]], nn.Module]
@@ -105,6 +107,32 @@ def build_model(spec: ModelSpec, num_classes: int | None = None, role: str = "mo
     if spec.checkpoint:
         load_weights(model, spec.checkpoint, key=spec.checkpoint_key, trust=spec.trust_checkpoint, role=role)
     return model
+
+
+def forward_adapter(spec: ModelSpec) -> ForwardAdapter | None:
+    """The spec's ``forward`` adapter (``pkg.mod:fn`` called as ``fn(model, inputs)``), or None."""
+    if spec.forward is None:
+        return None
+    adapter = import_object(spec.forward, "forward adapter")
+    if not callable(adapter):
+        raise RegistryError(f"forward adapter {spec.forward!r} is not callable; give a function fn(model, inputs).")
+    return adapter
+
+
+def tapped_model(
+    net: nn.Module,
+    spec: ModelSpec,
+    taps: dict[str, str],
+    to_outputs: Callable[[Any], dict[str, Any]],
+    crops: Literal["global", "all"] | None = None,
+) -> TappedModel:
+    """`net` returning the task's named outputs plus its taps, called through the spec's forward adapter; with
+    `crops` it also takes multi-crop batches, reading the ``global`` crops only or ``all`` of them."""
+    if crops is None:
+        return TappedModel(net, taps, to_outputs, forward_adapter(spec))
+    from kdforge.models.multicrop import MultiCropModel
+
+    return MultiCropModel(net, taps, to_outputs, forward_adapter(spec), with_locals=crops == "all")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdforge.data.inputs import ForwardAdapter, Inputs, call_model
 from kdforge.errors import ConfigError, closest
 
 TAP_PREFIX = "feat:"
@@ -28,6 +29,8 @@ class TappedModel(nn.Module):
         model: the network.
         taps: ``{tap_name: "dotted.module.path"}``.
         to_outputs: turns the network's raw output into a dict of named tensors (the task's job).
+        adapter: calls the network on a batch's input (``adapter(model, inputs)``); by default a dict of inputs is
+            passed by keyword and a tensor positionally.
     """
 
     def __init__(
@@ -35,9 +38,11 @@ class TappedModel(nn.Module):
         model: nn.Module,
         taps: dict[str, str] | None = None,
         to_outputs: Callable[[Any], dict[str, torch.Tensor]] | None = None,
+        adapter: ForwardAdapter | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        self.adapter = adapter
         self.taps = dict(taps or {})
         self._to_outputs = to_outputs or (lambda out: {"logits": out})
         self._store: dict[str, torch.Tensor] | None = None
@@ -64,10 +69,10 @@ class TappedModel(nn.Module):
             return None
         return (int(prefix), int(grid[0]), int(grid[1]))
 
-    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: Inputs) -> dict[str, torch.Tensor]:
         self._store = {}
         try:
-            outputs = dict(self._to_outputs(self.model(*args, **kwargs)))
+            outputs = dict(self._to_outputs(call_model(self.model, inputs, self.adapter)))
             outputs.update(self._store)
         finally:
             self._store = None
