@@ -5,18 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kdforge.config import DataConfig
+from kdforge.errors import ConfigError
 
 
 def image_transform(cfg: DataConfig, train: bool) -> Callable:
-    """Training: a replayable `ViewTransform`, or timm's with auto-augment (whose ops cannot be replayed).
+    """Training: a replayable `ViewTransform` (or `MultiCropTransform` with data.multicrop), or timm's with
+    auto-augment (whose ops cannot be replayed).
 
-    Evaluation: resize + center crop.
+    Evaluation: resize + center crop (single views, also with data.multicrop).
     """
     from timm.data import create_transform
 
     from kdforge.data.views import ViewTransform
 
     aug = cfg.augment
+    if train and cfg.multicrop is not None:
+        return _multicrop(cfg)
     if train and aug.auto_augment is None:
         return ViewTransform(cfg)
     common = dict(
@@ -37,3 +41,16 @@ def image_transform(cfg: DataConfig, train: bool) -> Callable:
         color_jitter=aug.color_jitter or 0.0,
         auto_augment=aug.auto_augment,
     )
+
+
+def _multicrop(cfg: DataConfig) -> Callable:
+    """The multi-crop training transform; refuses auto-augment, whose ops it could not store for replay."""
+    from kdforge.data.multicrop import MultiCropTransform
+
+    if cfg.augment.auto_augment is not None:
+        raise ConfigError(
+            f"data.augment.auto_augment ({cfg.augment.auto_augment!r}) cannot be combined with data.multicrop: "
+            "auto-augment's random ops are not parameters, so the teacher cache could not replay the crops. "
+            "Remove auto_augment (multicrop brings DINO's colour augmentation) or remove data.multicrop."
+        )
+    return MultiCropTransform(cfg)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision.transforms.functional as F
@@ -19,14 +20,18 @@ from torchvision.transforms import InterpolationMode
 from kdforge.config import DataConfig
 from kdforge.errors import DataError
 
+if TYPE_CHECKING:
+    from kdforge.data.multicrop import MultiCropTransform
+
 JITTER_NAMES = ("brightness", "contrast", "saturation")
 # The crop box (top, left, height, width) is in the original image's pixels.
 PARAM_NAMES = ("top", "left", "height", "width", "flip", *JITTER_NAMES, "order", "interpolation")
 JITTER_ORDERS = tuple(itertools.permutations(range(len(JITTER_NAMES))))  # the `order` parameter indexes these
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # the `interpolation` parameter indexes these
 _ADJUSTMENTS = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
-_IMAGE_MODES = {1: "L", 3: "RGB"}
+IMAGE_MODES = {1: "L", 3: "RGB"}  # PIL mode an image is converted to, by in_chans
 _FULL = (1.0, 1.0)
+View = torch.Tensor | dict[str, torch.Tensor]  # one image, or a multi-crop transform's crop groups
 
 
 class ViewTransform:
@@ -41,7 +46,7 @@ class ViewTransform:
         self.hflip = aug.hflip
         self.jitter = aug.color_jitter or 0.0
         self.interpolation = aug.interpolation
-        self.image_mode = _IMAGE_MODES.get(cfg.in_chans)
+        self.image_mode = IMAGE_MODES.get(cfg.in_chans)
         self.mean, self.std = list(cfg.mean), list(cfg.std)
         self.random = self._crop_varies or self.hflip > 0 or self.jitter > 0 or self.interpolation == "random"
 
@@ -51,8 +56,8 @@ class ViewTransform:
 
     def sample(self, generator: torch.Generator | None, width: int, height: int) -> torch.Tensor:
         """One view's parameters (``param_names``) for an image of this size; None draws from torch's global RNG."""
-        top, left, crop_height, crop_width = self._crop_box(generator, width, height)
-        interpolation = self._interpolation(generator)
+        top, left, crop_height, crop_width = crop_box(generator, width, height, self.scale, self.ratio)
+        interpolation = interpolation_index(self.interpolation, generator)
         flip = self.hflip > 0 and torch.rand(1, generator=generator).item() < self.hflip
         order, factors = self._jitter(generator)
         values = [top, left, crop_height, crop_width, float(flip), *factors, order, interpolation]
@@ -60,11 +65,7 @@ class ViewTransform:
 
     def apply(self, image: Image.Image, params: torch.Tensor) -> torch.Tensor:
         """The view these parameters describe, normalized: (C, size, size)."""
-        if params.shape != (len(self.param_names),):
-            raise DataError(
-                f"view parameters have shape {tuple(params.shape)}, expected ({len(self.param_names)},) for "
-                f"{self.param_names}; they were drawn by another augmentation (rebuild the cache)."
-            )
+        check_params(params, self.param_names)
         top, left, height, width, flip, *factors, order, interpolation = params.tolist()
         if self.image_mode and image.mode != self.image_mode:
             image = image.convert(self.image_mode)
@@ -80,28 +81,6 @@ class ViewTransform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.apply(image, self.sample(None, *image.size))
 
-    def _crop_box(self, generator: torch.Generator | None, width: int, height: int) -> tuple[int, int, int, int]:
-        """torchvision's ``RandomResizedCrop.get_params`` drawing from `generator`: (top, left, height, width)."""
-        area = width * height
-        low, high = torch.log(torch.tensor(self.ratio)).tolist()
-        # A full-area square crop has one size; skipping the draws keeps it central instead of letting
-        # torchvision shift it by the pixel that rounding sqrt(area) may leave, so a fixed config stays fixed.
-        for _ in range(10 if self._crop_varies else 0):
-            target_area = area * torch.empty(1).uniform_(*self.scale, generator=generator).item()
-            aspect = torch.exp(torch.empty(1).uniform_(low, high, generator=generator)).item()
-            w, h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
-            if 0 < w <= width and 0 < h <= height:
-                top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
-                left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
-                return top, left, h, w
-        return central_crop(width, height, self.ratio)
-
-    def _interpolation(self, generator: torch.Generator | None) -> int:
-        """Index into INTERPOLATIONS; ``random`` picks bilinear or bicubic per view, as timm does."""
-        if self.interpolation == "random":
-            return 1 + int(torch.randint(0, 2, (1,), generator=generator))
-        return INTERPOLATIONS.index(self.interpolation)
-
     def _jitter(self, generator: torch.Generator | None) -> tuple[int, list[float]]:
         """torchvision ColorJitter's draws (hue off, as timm for a float): an order, then a factor per adjustment."""
         if not self.jitter:
@@ -109,6 +88,41 @@ class ViewTransform:
         order = JITTER_ORDERS.index(tuple(torch.randperm(3, generator=generator).tolist()))
         low, high = max(0.0, 1.0 - self.jitter), 1.0 + self.jitter
         return order, [torch.empty(1).uniform_(low, high, generator=generator).item() for _ in range(3)]
+
+
+def check_params(params: torch.Tensor, names: tuple[str, ...]) -> None:
+    """Refuse a parameter vector of another layout: it was drawn by another augmentation, so replay would lie."""
+    if params.shape != (len(names),):
+        raise DataError(
+            f"view parameters have shape {tuple(params.shape)}, expected ({len(names)},) for "
+            f"{names}; they were drawn by another augmentation (rebuild the cache)."
+        )
+
+
+def crop_box(
+    generator: torch.Generator | None, width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """torchvision's ``RandomResizedCrop.get_params`` drawing from `generator`: (top, left, height, width)."""
+    area = width * height
+    low, high = torch.log(torch.tensor(ratio)).tolist()
+    # A full-area square crop has one size; skipping the draws keeps it central instead of letting
+    # torchvision shift it by the pixel that rounding sqrt(area) may leave, so a fixed config stays fixed.
+    for _ in range(10 if (scale, ratio) != (_FULL, _FULL) else 0):
+        target_area = area * torch.empty(1).uniform_(*scale, generator=generator).item()
+        aspect = torch.exp(torch.empty(1).uniform_(low, high, generator=generator)).item()
+        w, h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return top, left, h, w
+    return central_crop(width, height, ratio)
+
+
+def interpolation_index(name: str, generator: torch.Generator | None) -> int:
+    """Index into INTERPOLATIONS; ``random`` picks bilinear or bicubic per view, as timm does."""
+    if name == "random":
+        return 1 + int(torch.randint(0, 2, (1,), generator=generator))
+    return INTERPOLATIONS.index(name)
 
 
 def central_crop(width: int, height: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
@@ -124,9 +138,12 @@ def central_crop(width: int, height: int, ratio: tuple[float, float]) -> tuple[i
 
 
 class ReplayableImages(Dataset):
-    """Wraps a dataset yielding (PIL image, target) (e.g. torchvision ImageFolder with transform=None)."""
+    """Wraps a dataset yielding (PIL image, target) (e.g. torchvision ImageFolder with transform=None).
 
-    def __init__(self, images: Dataset, transform: ViewTransform) -> None:
+    A multi-crop transform's view is a dict of crop groups (see `kdforge.data.multicrop`) instead of a tensor.
+    """
+
+    def __init__(self, images: Dataset, transform: ViewTransform | MultiCropTransform) -> None:
         self.images, self.transform = images, transform
         self.random = transform.random
         for name in ("targets", "classes", "samples"):  # what callers read without decoding images
@@ -136,17 +153,17 @@ class ReplayableImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[View, int]:
         """A fresh random view."""
         image, target = self.images[index]
         return self.transform(image), target
 
-    def view(self, index: int, params: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def view(self, index: int, params: torch.Tensor) -> tuple[View, int]:
         """Replay the view these parameters describe."""
         image, target = self.images[index]
         return self.transform.apply(image, params), target
 
-    def sample_view(self, index: int, generator: torch.Generator) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def sample_view(self, index: int, generator: torch.Generator) -> tuple[View, int, torch.Tensor]:
         """A new view drawn from `generator` (the image is opened once), with its parameters."""
         image, target = self.images[index]
         params = self.transform.sample(generator, *image.size)
