@@ -64,6 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kdforge.resume import resume_target
 
     flags = _short_flags(args)
+    if args.resume and _detection_run(args.resume):
+        return _train_detection(args, flags)
     if args.resume:
         run_dir, ckpt = resume_target(args.resume)
         raw = apply_short_flags(merge_files([run_dir / "config.yaml"]), flags)
@@ -71,6 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.config and args.student is None:
         raise KDForgeError("give a config (-c FILE) or at least --student NAME and --data DIR.")
+    if merge_files(args.config).get("task") == "detection":
+        return _train_detection(args, flags)
     config = load_config(base=apply_short_flags(merge_files(args.config), flags), overrides=args.overrides)
     if args.baseline:
         from kdforge.compare import compare
@@ -78,6 +82,45 @@ def cmd_train(args: argparse.Namespace) -> int:
         compare(config)
     else:
         train(config)
+    return 0
+
+
+def _detection_run(path: str) -> bool:
+    """Whether ``--resume PATH`` names a detection run directory (its Ultralytics folder holds the checkpoints)."""
+    return (Path(path) / "yolo" / "weights").is_dir()
+
+
+# Short flags that mean a detect: key for task: detection (the others apply as for every task).
+DETECTION_FLAGS = {
+    "epochs": "detect.epochs",
+    "batch_size": "detect.batch",
+    "lr": "detect.optimizer.lr0",
+    "teacher_checkpoint": "teacher.name",
+}
+
+
+def _train_detection(args: argparse.Namespace, flags: dict[str, object]) -> int:
+    """``task: detection`` runs on Ultralytics' trainer (kdforge.detection), not kdforge's loop."""
+    from kdforge.config import load_config, merge_files
+    from kdforge.flags import apply_short_flags
+
+    if args.baseline:
+        raise KDForgeError(
+            "compare/--baseline is not available for task: detection; train the student alone with --teacher none "
+            "(Ultralytics' own training of it), or run benchmarks/bench_yolo.py."
+        )
+    if flags.get("data") is not None:
+        raise KDForgeError("--data is a class-folder root; for task: detection use --set detect.data.root=DIR.")
+    if str(flags.get("teacher")).lower() not in ("none", "null"):  # a model file: no generic KD term added
+        teacher = flags.pop("teacher")
+        flags["teacher_checkpoint"] = flags["teacher_checkpoint"] or teacher
+    moved = [f"{key}={flags.pop(flag)}" for flag, key in DETECTION_FLAGS.items() if flags.get(flag) is not None]
+    files = [Path(args.resume) / "config.yaml"] if args.resume else args.config
+    config = load_config(base=apply_short_flags(merge_files(files), flags), overrides=moved + args.overrides)
+    from kdforge.detection import train_detection
+
+    result = train_detection(config, run_dir=Path(args.resume) if args.resume else None, resume=bool(args.resume))
+    print(result.registry_model or result.run_dir)
     return 0
 
 
@@ -205,7 +248,12 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     p = sets.add_parser("shapes", help="generated circles, squares and triangles on textured backgrounds")
     p.add_argument("out", help="output folder")
     # kdforge.data.shapes.WRITERS' keys (not imported here, so the parser stays light)
-    p.add_argument("--task", required=True, choices=["segment"], help="segment: images/ + class-index masks/")
+    p.add_argument(
+        "--task",
+        required=True,
+        choices=["segment", "detect"],
+        help="segment: images/ + class-index masks/; detect: images/ + YOLO txt labels/",
+    )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--train", type=int, default=64, help="number of training images")
     p.add_argument("--val", type=int, default=16, help="number of validation images")

@@ -1,4 +1,5 @@
-"""A small generated shapes set (``kdforge data shapes``): real files to try a task on, with no download.
+"""A small generated shapes set (``kdforge data shapes``): real files to try a task on, with no download
+(segmentation masks, or YOLO box labels for detection).
 
 Each image has a textured background (a colour gradient, coarse blotches and pixel noise) and 1-4 circles,
 squares and triangles of random size, rotation, position and colour, so only the outline tells the classes
@@ -99,5 +100,82 @@ def _contrasting_colour(rng: np.random.Generator, local: np.ndarray) -> tuple[in
     return tuple(int(c) for c in colour)
 
 
+DETECTION_CLASSES = ("circle", "square", "triangle")
+_MAX_OVERLAP = 0.2  # detection scenes: a new shape's box may cover at most this much of an earlier one's
+
+
+def write_detection_shapes(
+    out: str | Path, image_size: int = 64, train: int = 64, val: int = 16, seed: int = 0
+) -> Path:
+    """Write ``out/{train,val}/images/NNNN.png``, YOLO labels ``out/{train,val}/labels/NNNN.txt`` (one
+    ``class cx cy w h`` line per shape, normalised) and ``out/classes.txt`` (``DETECTION_CLASSES``).
+
+    Shapes barely overlap (so every labelled box shows its object) and range from small to large; each split has
+    its own seeded stream, as in `write_segmentation_shapes`.
+    """
+    out = Path(out)
+    for stream, (split, count) in enumerate((("train", train), ("val", val))):
+        rng = np.random.default_rng([seed, stream, 1])
+        images, labels = out / split / "images", out / split / "labels"
+        images.mkdir(parents=True, exist_ok=True)
+        labels.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image, boxes = detection_scene(rng, image_size, first_class=i % 3)
+            image.save(images / f"{i:04d}.png")
+            lines = [f"{cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}" for cls, cx, cy, w, h in boxes]
+            (labels / f"{i:04d}.txt").write_text("\n".join(lines) + "\n")
+    (out / "classes.txt").write_text("\n".join(DETECTION_CLASSES) + "\n")
+    return out
+
+
+def detection_scene(rng: np.random.Generator, size: int, first_class: int) -> tuple[Image.Image, list[tuple]]:
+    """One RGB image and its boxes ``(class, cx, cy, w, h)`` normalised to 0-1; `first_class` is among them."""
+    background = _background(rng, size)
+    image = Image.fromarray(background.round().astype(np.uint8))
+    paint = ImageDraw.Draw(image)
+    count = int(rng.integers(1, 5))
+    classes = rng.permutation([first_class, *rng.integers(0, 3, count - 1)]).tolist()
+    boxes: list[tuple] = []
+    for cls in classes:
+        placed = _place(rng, cls, size, [b[1:] for b in boxes])
+        if placed is None:
+            continue
+        centre, radius, outline, box = placed
+        colour = _contrasting_colour(rng, background[int(centre[1]), int(centre[0])])
+        if outline is None:
+            paint.ellipse([*(centre - radius), *(centre + radius)], fill=colour)
+        else:
+            paint.polygon(outline, fill=colour)
+        boxes.append((cls, *box))
+    pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float64)
+    pixels += rng.normal(0.0, 6.0, pixels.shape)
+    labels = [
+        (cls, (x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size)
+        for cls, x0, y0, x1, y1 in boxes
+    ]
+    return Image.fromarray(pixels.clip(0, 255).round().astype(np.uint8)), labels
+
+
+def _place(rng: np.random.Generator, cls: int, size: int, taken: list[tuple]) -> tuple | None:
+    """A shape's centre, radius, outline and pixel box (x0, y0, x1, y1) clear of `taken`; None after 30 tries."""
+    for _ in range(30):
+        radius = rng.uniform(*_RADIUS) * size * 0.8
+        centre = rng.uniform(radius, size - radius, 2)
+        outline = _outline(rng, cls + 1, centre, radius)  # the segmentation numbering: 1 circle, 2 square, 3 triangle
+        points = np.array(outline) if outline is not None else np.array([centre - radius, centre + radius])
+        box = (*np.clip(points.min(0), 0, size), *np.clip(points.max(0), 0, size))
+        if all(_covered(box, other) <= _MAX_OVERLAP for other in taken):
+            return centre, radius, outline, tuple(float(v) for v in box)
+    return None
+
+
+def _covered(box: tuple, other: tuple) -> float:
+    """The fraction of the smaller box's area that the two boxes share."""
+    w = max(0.0, min(box[2], other[2]) - max(box[0], other[0]))
+    h = max(0.0, min(box[3], other[3]) - max(box[1], other[1]))
+    smaller = min((box[2] - box[0]) * (box[3] - box[1]), (other[2] - other[0]) * (other[3] - other[1]))
+    return w * h / max(smaller, 1e-9)
+
+
 # `kdforge data shapes --task NAME`: one writer per task.
-WRITERS: dict[str, Callable[..., Path]] = {"segment": write_segmentation_shapes}
+WRITERS: dict[str, Callable[..., Path]] = {"segment": write_segmentation_shapes, "detect": write_detection_shapes}

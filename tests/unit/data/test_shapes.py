@@ -80,7 +80,8 @@ def test_cli_writes_the_set_for_every_task(tmp_path: Path, task: str, capsys: py
     assert main(args) == 0
     assert capsys.readouterr().out.strip() == str(out)
     assert len(list((out / "train" / "images").iterdir())) == 3
-    assert len(list((out / "val" / "masks").iterdir())) == 2
+    targets = {"segment": "masks", "detect": "labels"}[task]
+    assert len(list((out / "val" / targets).iterdir())) == 2
     assert Image.open(out / "val" / "images" / "0000.png").size == (24, 24)
 
 

@@ -1,0 +1,162 @@
+"""`train_detection`: one ``task: detection`` run from a `RunConfig` to a run directory and a registry model.
+
+Run directory: ``config.yaml``, ``meta.json``, ``data.yaml`` (root layout), ``metrics.jsonl``, ``tb/``,
+``summary.json``, ``report.html`` and Ultralytics' own folder ``yolo/`` (``weights/{best,last}.pt``,
+``results.csv``, ``args.yaml``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ultralytics import __version__ as ultralytics_version
+from ultralytics.models.yolo.detect import DetectionValidator
+
+from kdforge.config.schema import RunConfig
+from kdforge.detection.args import YOLO_DIR, ultralytics_args
+from kdforge.detection.data import DetectionData, prepare_data
+from kdforge.detection.export import export_to_registry
+from kdforge.detection.logbridge import LogBridge
+from kdforge.detection.teacher import check_model_file
+from kdforge.detection.trainer import METRIC_KEYS, KDDetectionTrainer, fitness_of
+from kdforge.engine.logger import RunLogger
+from kdforge.errors import CheckpointError
+from kdforge.report.html import write_report
+from kdforge.report.summary import print_summary, write_summary
+from kdforge.runtime import default_threads, git_commit, new_run_dir, write_run_files
+
+
+@dataclass
+class DetectionResult:
+    """What a detection run produced."""
+
+    run_dir: Path
+    metrics: dict[str, float]  # the best model's, validated after training
+    teacher_metrics: dict[str, float] = field(default_factory=dict)
+    registry_model: Path | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def train_detection(config: RunConfig, run_dir: Path | None = None, resume: bool = False) -> DetectionResult:
+    """Train (or distil) the student; with `resume`, continue `run_dir` from its ``yolo/weights/last.pt``."""
+    torch.set_num_threads(config.threads or default_threads())
+    run_dir = run_dir or new_run_dir(config)
+    write_run_files(run_dir, config, resumed=resume)
+    data = prepare_data(config.detect.data, run_dir)
+    check_model_file(config.student, "student")
+    overrides = ultralytics_args(config, data.yaml_path, run_dir)
+    if resume:
+        overrides["resume"] = str(_last_checkpoint(run_dir))
+    trainer = KDDetectionTrainer(config.detect, config.teacher, overrides)
+    logger = RunLogger(run_dir, config.log.tensorboard, progress=False, verbose=config.log.verbose)
+    try:
+        teacher_metrics = _teacher_metrics(config, trainer, data, logger) if not resume else _logged_teacher(run_dir)
+        LogBridge(config, logger, trainer.teacher is not None).attach(trainer)
+        trainer.train()
+    finally:
+        logger.close()
+    return _finish(config, trainer, data, run_dir, teacher_metrics)
+
+
+def _last_checkpoint(run_dir: Path) -> Path:
+    last = run_dir / YOLO_DIR / "weights" / "last.pt"
+    if not last.is_file():
+        raise CheckpointError(f"nothing to resume in {str(run_dir)!r}: {str(last)!r} does not exist.")
+    return last
+
+
+def _teacher_metrics(
+    config: RunConfig, trainer: KDDetectionTrainer, data: DetectionData, logger: RunLogger
+) -> dict[str, float]:
+    """Validate the teacher once (on a copy: Ultralytics fuses the model it validates), as the report's reference."""
+    if trainer.teacher is None or not config.detect.val_teacher:
+        return {}
+    args = {**{k: trainer.args.__dict__[k] for k in ("imgsz", "device", "workers", "seed")}, "plots": False}
+    validator = DetectionValidator(args={**args, "data": str(data.yaml_path), "batch": config.detect.batch * 2})
+    raw = validator(model=copy.deepcopy(trainer.teacher))
+    metrics = {name: float(raw[key]) for key, name in METRIC_KEYS.items() if key in raw}
+    metrics["fitness"] = fitness_of(raw, config.detect)
+    logger.log("teacher", 0, {"teacher": "teacher", **{f"teacher/teacher/{k}": v for k, v in metrics.items()}})
+    return metrics
+
+
+def _logged_teacher(run_dir: Path) -> dict[str, float]:
+    """A resumed run keeps the teacher metrics its first part logged."""
+    from kdforge.report.html import read_records
+
+    for record in read_records(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []:
+        if record.get("kind") == "teacher":
+            return {k.split("/", 2)[2]: v for k, v in record.items() if k.startswith("teacher/teacher/")}
+    return {}
+
+
+def _finish(
+    config: RunConfig, trainer: KDDetectionTrainer, data: DetectionData, run_dir: Path, teacher: dict[str, float]
+) -> DetectionResult:
+    """summary.json, the end-of-run table, report.html and the registry export."""
+    metrics = {name: float(trainer.metrics[key]) for key, name in METRIC_KEYS.items() if key in trainer.metrics}
+    metrics["fitness"] = fitness_of(trainer.metrics, config.detect)
+    summary = _summary(config, trainer, metrics, teacher)
+    write_summary(summary, run_dir / "summary.json")
+    if config.log.verbose:
+        print_summary(summary)
+    if config.log.report:
+        write_report([run_dir], run_dir / "report.html")
+    registry = None
+    if config.detect.registry.enabled and trainer.best.is_file():
+        registry = export_to_registry(trainer.best, config.detect.registry, _metadata(config, data, summary, run_dir))
+    return DetectionResult(run_dir, metrics, teacher, registry, summary)
+
+
+def _params(model: torch.nn.Module | None) -> int | None:
+    return None if model is None else sum(p.numel() for p in model.parameters())
+
+
+def _summary(
+    config: RunConfig, trainer: KDDetectionTrainer, metrics: dict[str, float], teacher_metrics: dict[str, float]
+) -> dict[str, Any]:
+    """The same shape as the other tasks' summary.json, plus per-class results."""
+    student_params = _params(trainer.ema.ema if trainer.ema else trainer.model)
+    teacher = None
+    if config.teacher is not None:
+        teacher = {
+            "teacher": "teacher",
+            "name": config.teacher.name,
+            "params": _params(trainer.teacher),
+            "metrics": teacher_metrics,
+        }
+    return {
+        "task": config.task,
+        "student": {"name": config.student.name, "params": student_params, "metrics": metrics},
+        "teacher": teacher,
+        "teachers": [teacher] if teacher else [],
+        "compression": teacher["params"] / student_params if teacher else None,
+        "epochs_run": trainer.epoch + 1,
+        "best_epoch": trainer.stopper.best_epoch or None,  # 1-based (Ultralytics counts finished epochs)
+        "stopped_early": trainer.epoch + 1 < trainer.epochs,
+        "steps": trainer.stats.batches,
+        "nonfinite_steps": trainer.stats.nonfinite_total,
+        "per_class": trainer.stats.per_class,
+        "best_model": str(trainer.best),
+    }
+
+
+def _metadata(config: RunConfig, data: DetectionData, summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """What the registry keeps next to the model: where it came from and how good it is."""
+    return {
+        "run_dir": str(run_dir.resolve()),
+        "teacher": summary["teacher"],
+        "student": {k: v for k, v in summary["student"].items() if k != "metrics"},
+        "data": {"yaml": str(data.yaml_path), "nc": data.nc, "names": data.names, "images": data.images},
+        "metrics": summary["student"]["metrics"],
+        "per_class": summary["per_class"],
+        "best_epoch": summary["best_epoch"],
+        "epochs_run": summary["epochs_run"],
+        "config": config.to_dict(),
+        "versions": {"ultralytics": ultralytics_version, "torch": torch.__version__},
+        "git": git_commit(),
+    }

@@ -1,0 +1,91 @@
+"""Detection end to end on CPU: a yolov8n student distilled from a yolov8s teacher on tiny generated shapes, through
+the CLI, to a registry model that ``ultralytics.YOLO`` validates; and the student alone (Ultralytics' own loss)."""
+
+from __future__ import annotations
+
+import json
+from importlib.util import find_spec
+
+import pytest
+import yaml
+
+import kdforge.detection  # noqa: F401  (offline settings before ultralytics is imported)
+from kdforge.cli import main
+from kdforge.data.shapes import write_detection_shapes
+from kdforge.report.html import read_records
+
+pytestmark = pytest.mark.skipif(find_spec("ultralytics") is None, reason="needs the yolo extra (ultralytics)")
+
+
+def _config(tmp_path, **detect) -> dict:
+    root = write_detection_shapes(tmp_path / "shapes", image_size=64, train=8, val=4)
+    return {
+        "task": "detection",
+        "device": "cpu",
+        "threads": 1,
+        "teacher": {"source": "ultralytics", "name": "yolov8s.yaml"},
+        "student": {"source": "ultralytics", "name": "yolov8n.yaml"},
+        "output": {"dir": str(tmp_path / "runs"), "name": "kd"},
+        "log": {"every_steps": 1, "verbose": False, "tensorboard": False},
+        "detect": {
+            "data": {"root": str(root)},
+            "epochs": 2,
+            "batch": 4,
+            "imgsz": 64,
+            "workers": 0,
+            "log_every": "batch",
+            "distill": {"topk": 0.05, "feature_weight": 1.0},
+            "registry": {"dir": str(tmp_path / "registry")},
+            **detect,
+        },
+    }
+
+
+def test_distilled_student_reaches_the_registry_and_ultralytics_validates_it(tmp_path, capsys) -> None:
+    path = tmp_path / "kd.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path)))
+    assert main(["train", "-c", str(path)]) == 0
+    model = tmp_path / "registry" / "distilled" / "latest" / "model.pt"
+    assert capsys.readouterr().out.strip().endswith(str(model))
+    assert (tmp_path / "registry" / "distilled" / "v1" / "model.pt").is_file()
+
+    run = tmp_path / "runs" / "kd"
+    records = read_records(run / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 4  # 8 images / batch 4, 2 epochs, logged every batch
+    for record in train:
+        assert record["loss/kd_ciou"] > 0 and record["loss/kd_kl"] > 0 and record["loss/kd_feat"] > 0
+        assert record["wloss/box"] == pytest.approx(2.0 * record["loss/box"])  # lambda_detection
+        assert record["grad_norm"] > 0
+    vals = [r for r in records if r["kind"] == "val"]
+    assert [r["epoch"] for r in vals] == [1, 2]
+    assert {"precision", "recall", "mAP50", "mAP50-95", "fitness"} <= set(vals[0])
+    assert any(r["kind"] == "teacher" for r in records)
+
+    metadata = json.loads((model.parent / "metadata.json").read_text())
+    assert metadata["version"] == "v1" and metadata["data"]["names"] == ["circle", "square", "triangle"]
+    assert metadata["teacher"]["name"] == "yolov8s.yaml" and "mAP50-95" in metadata["metrics"]
+    assert metadata["config"]["detect"]["distill"]["lambda_detection"] == 2.0
+    assert (run / "report.html").is_file() and (run / "data.yaml").is_file()
+
+    from ultralytics import YOLO
+
+    yolo = YOLO(str(model))
+    results = yolo.val(data=str(run / "data.yaml"), imgsz=64, batch=4, device="cpu", plots=False, project=str(tmp_path))
+    assert 0.0 <= results.box.map <= 1.0
+    assert len(yolo.predict(str(tmp_path / "shapes" / "val" / "images" / "0000.png"), imgsz=64, verbose=False)) == 1
+
+
+def test_student_alone_uses_ultralytics_loss_without_distillation_terms(tmp_path) -> None:
+    config = _config(tmp_path, epochs=1, val_teacher=False, registry={"enabled": False})
+    config["teacher"] = None
+    path = tmp_path / "alone.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "-c", str(path)]) == 0
+    records = read_records(tmp_path / "runs" / "kd" / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    assert train and not any(key.startswith("loss/kd_") for r in train for key in r)
+    assert train[0]["wloss/box"] == train[0]["loss/box"]  # no lambda_detection without a teacher
+    assert not (tmp_path / "registry").exists()
+    summary = json.loads((tmp_path / "runs" / "kd" / "summary.json").read_text())
+    assert summary["teacher"] is None and summary["epochs_run"] == 1
