@@ -4,12 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint bench bench-yolo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# opencv-python (an ultralytics dependency) needs libGL; without it, keep only the headless build
+	$(PY) -c 'import cv2' 2>/dev/null || { $(PY) -m pip uninstall --quiet -y opencv-python && \
+		$(PY) -m pip install --quiet --force-reinstall --no-deps opencv-python-headless; }
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,6 +29,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_speed.py
+
+bench-yolo: $(STAMP)
+	$(PY) benchmarks/bench_yolo.py --out runs/bench_yolo --epochs 40 --teacher-epochs 60 --seeds 0 1
 
 clean:
 	rm -rf runs .pytest_cache
