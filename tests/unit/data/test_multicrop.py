@@ -25,6 +25,13 @@ N = len(CROP_PARAMS)
 COLOUR = slice(CROP_PARAMS.index("brightness"), CROP_PARAMS.index("order") + 1)
 
 
+@pytest.fixture(autouse=True)
+def _own_global_rng():
+    """Views drawn with no generator use torch's global stream; give it back as found, for the tests after."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
 def _cfg(augment: AugmentConfig | None = None, **multicrop) -> DataConfig:
     multicrop = {"global_crops": 2, "local_crops": 3, "global_size": 12, "local_size": 5, **multicrop}
     augment = augment or AugmentConfig(interpolation="random")
