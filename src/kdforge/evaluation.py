@@ -18,6 +18,7 @@ from kdforge.models.checkpoint import check_state_dict, read_state_dict
 from kdforge.pipeline import build_task
 from kdforge.report.summary import print_summary
 from kdforge.runtime import setup_process
+from kdforge.tasks.base import TASKS
 
 
 def run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
@@ -71,7 +72,7 @@ def evaluate_checkpoint(config: RunConfig, path: Path) -> dict[str, float]:
     task = build_task(config)
     val_set = task.eval_dataset()
     state, _ = student_weights(path)
-    net = load_student(config, task.num_classes, state, f"checkpoint {str(path)!r}").to(device)
+    net = load_student(config, task.model_classes, state, f"checkpoint {str(path)!r}").to(device)
     loader = DataLoader(
         val_set, batch_size=config.data.val_batch_size or config.data.batch_size, num_workers=config.data.num_workers
     )
@@ -98,7 +99,8 @@ def export_run(run_dir: Path, checkpoint: str, formats: list[str], out: Path | N
         task = build_task(config)
         task.eval_dataset()
         classes = task.class_names
-    net = load_student(config, config.data.num_classes or len(classes), state, f"checkpoint {str(path)!r}")
+    model_classes = 0 if TASKS.get(config.task).embeds_only else config.data.num_classes or len(classes)
+    net = load_student(config, model_classes, state, f"checkpoint {str(path)!r}")
     size = config.data.image_size
     example = torch.randn(2, config.data.in_chans, size, size)  # batch 2: batch 1 would be specialised away
     written, failed = export_all(net, example, out or run_dir, formats)

@@ -36,8 +36,9 @@ from kdforge.engine.trainer import Trainer
 from kdforge.errors import ConfigError
 from kdforge.export import export_student
 from kdforge.models.build import build_model, count_parameters, tapped_model
+from kdforge.models.multicrop import pair_crops
 from kdforge.report.html import write_report
-from kdforge.report.profile import input_shape, model_profile
+from kdforge.report.profile import example_input, model_profile
 from kdforge.report.summary import print_summary, write_summary
 from kdforge.resume import preempted_run
 from kdforge.runtime import new_run_dir, setup_process, write_run_files
@@ -105,15 +106,16 @@ def build_distiller(
 ) -> Distiller:
     """Models (with taps), terms and the teachers' input adapters (no teacher network when the teacher
     outputs come from `cache`); checks class counts on one batch."""
-    student_net = build_model(config.student, task.num_classes, "student")
+    student_net = build_model(config.student, task.model_classes, "student")
     taps = {**config.student.taps, **config.distill.taps.student}
     student = tapped_model(student_net, config.student, taps, task.to_outputs, "all" if config.data.multicrop else None)
-    teachers, inputs = ({}, {}) if cache else build_teachers(config, task.num_classes, task.to_outputs, device)
+    teachers, inputs = ({}, {}) if cache else build_teachers(config, task.model_classes, task.to_outputs, device)
     if any(term.loss == "attention" for term in config.distill.terms):
         expose_attention(student_net)  # timm's fused attention never materialises the probabilities a tap reads
     first = epoch_settings(config.distill, 0, config.train.epochs)
+    pair = pair_crops if config.data.multicrop else None
     distiller = Distiller(
-        student, teachers, task, _terms(config, first), first.task_weight, inputs, _schedule(config), cache
+        student, teachers, task, _terms(config, first), first.task_weight, inputs, _schedule(config), cache, pair
     )
     distiller.to(device)
 
@@ -227,7 +229,7 @@ def train(
             net = _exported_network(trainer, best_ckpt)
             export_student(net, None, run_dir / "student.safetensors")
             if config.log.report:
-                _add_profiles(summary, config, distiller, net)
+                _add_profiles(summary, distiller, net, val_loader.dataset)
             write_summary(summary, run_dir / "summary.json")
             if config.log.report:
                 write_report([run_dir], run_dir / "report.html")
@@ -280,15 +282,16 @@ def _exported_network(trainer: Trainer, best: dict[str, Any] | None) -> nn.Modul
     return net
 
 
-def _add_profiles(summary: dict[str, Any], config: RunConfig, distiller: Distiller, student: nn.Module) -> None:
+def _add_profiles(summary: dict[str, Any], distiller: Distiller, student: nn.Module, val_set: Dataset) -> None:
     """Parameters, size, MACs and CPU latency of the student and each teacher, for the report's table (a cached
     teacher was measured when the cache was built)."""
-    shape = input_shape(config.student, config.data, config.data.image_size)  # the student reads the data as is
-    summary["student"]["profile"] = model_profile(student, shape)
+    example = example_input(val_set)
+    summary["student"]["profile"] = model_profile(student, example, adapter=distiller.student.adapter)
     cached = _cached_profiles(distiller)
     for entry in summary["teachers"]:
         name = entry["teacher"]
-        entry["profile"] = cached[name] if cached else teacher_profile(config, name, distiller.teachers[name])
+        teacher_example = distiller.teacher_inputs[name](example) if not cached else None
+        entry["profile"] = cached[name] if cached else teacher_profile(distiller.teachers[name], teacher_example)
 
 
 def _cached_profiles(distiller: Distiller) -> dict[str, dict[str, Any]]:

@@ -29,6 +29,7 @@ from kdforge.distill.teachers import (
 )
 from kdforge.engine.evaluate import autocast_context, resolve_amp, to_device
 from kdforge.errors import CacheError, StaleCacheError
+from kdforge.report.profile import example_input
 from kdforge.tasks.base import Task
 
 COMMIT_EVERY = 32  # batches between progress records: what an interrupted build loses at most
@@ -141,8 +142,9 @@ def _build(
     amp: str,
     say: Callable[[str], None],
 ) -> CacheReader:
-    teachers, inputs = build_teachers(config, task.num_classes, task.to_outputs, device)
+    teachers, inputs = build_teachers(config, task.model_classes, task.to_outputs, device)
     stacks = teacher_stacks(teachers, inputs, device)
+    example = example_input(val_set)
     val_loader = DataLoader(
         val_set,
         batch_size=config.data.val_batch_size or config.data.batch_size,
@@ -174,7 +176,10 @@ def _build(
         {
             "teacher_metrics": metrics,
             "token_layouts": {name: net.token_layout() for name, net in teachers.items()},
-            "teacher_profiles": {name: teacher_profile(config, name, net) for name, net in teachers.items()},
+            "teacher_profiles": {
+                name: teacher_profile(net, inputs[name](example) if name in inputs else example)
+                for name, net in teachers.items()
+            },
             "build_seconds": round(time.perf_counter() - tic, 3),
         }
     )

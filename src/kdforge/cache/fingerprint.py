@@ -68,6 +68,7 @@ def fingerprint(config: RunConfig, raw: Dataset, views: int, amp: str) -> dict[s
                     "std",
                     "augment",
                     "split_seed",
+                    *(["multicrop"] if config.data.multicrop else []),  # absent when off: older caches stay valid
                 },
             ),
             "teacher input": {

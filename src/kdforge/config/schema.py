@@ -426,6 +426,27 @@ class CacheConfig(_Strict):
     seed: int = 0  # seeds the cached views' augmentation parameters
 
 
+class FeaturesConfig(_Strict):
+    """``task: features``: how the student's embedding is judged without a labelled loss. k-NN (DINO's weighted
+    vote over cosine similarities) classifies each val sample from the labelled ``knn_memory`` split: ``train``
+    read with the evaluation transform, or ``val`` itself leaving each sample out. ``linear_probe`` also fits a
+    logistic regression on the memory's embeddings. ``fitness`` picks which accuracy early stopping and the best
+    checkpoint follow."""
+
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float = Field(0.07, gt=0.0)
+    knn_memory: Literal["train", "val"] = "train"
+    knn_memory_limit: int | None = Field(None, ge=1)  # embed at most this many memory samples (seeded choice)
+    linear_probe: bool = False
+    fitness: Literal["knn", "linear"] = "knn"
+
+    @model_validator(mode="after")
+    def _probe_for_fitness(self) -> FeaturesConfig:
+        if self.fitness == "linear" and not self.linear_probe:
+            raise ValueError("fitness 'linear' needs linear_probe: true")
+        return self
+
+
 class OutputConfig(_Strict):
     dir: str = "runs"
     name: str | None = None
@@ -457,6 +478,7 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     teacher_runtime: TeacherRuntimeConfig = Field(default_factory=TeacherRuntimeConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     detect: DetectConfig | None = None  # task: detection (YOLO through Ultralytics)
@@ -472,6 +494,29 @@ class RunConfig(_Strict):
     def teacher_specs(self) -> dict[str, ModelSpec]:
         """Every teacher by name: ``teacher`` is the one called "teacher"; ``teachers`` names several."""
         return {"teacher": self.teacher} if self.teacher is not None else dict(self.teachers)
+
+    @model_validator(mode="after")
+    def _features_task_is_label_free(self) -> RunConfig:
+        """The features task has no labelled loss: its task weight is 0 unless set (and then it must be 0)."""
+        if self.data.multicrop is not None and self.task != "features":
+            raise ConfigError(
+                f"data.multicrop is for task: features (the student's crops are matched with the teacher's "
+                f"embeddings); task {self.task!r} trains on one view per sample: remove data.multicrop."
+            )
+        if self.task != "features":
+            return self
+        explicit = [self.distill.task_weight] if "task_weight" in self.distill.model_fields_set else []
+        if any(w not in (0, None) for w in [*explicit, *(p.task_weight for p in self.distill.phases)]):
+            raise ConfigError(
+                "task: features has no labelled loss, so distill.task_weight (and phase task weights) must be 0; "
+                "remove them (labels are only read by the k-NN evaluation)."
+            )
+        self.distill.task_weight = 0.0
+        if not self.distill.terms:
+            raise ConfigError(
+                "task: features learns from the teacher only: add distill.terms (e.g. cosine on embedding)."
+            )
+        return self
 
     @model_validator(mode="after")
     def _teachers_fit_terms(self) -> RunConfig:

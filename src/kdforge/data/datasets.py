@@ -14,25 +14,27 @@ import torch
 from torch.utils.data import Dataset
 
 from kdforge.config import DataConfig
+from kdforge.data.inputs import is_inputs
 from kdforge.errors import DataError
 from kdforge.registry import Registry, import_object
 
 UNLABELLED = -1
-DatasetFactory = Callable[[DataConfig, str], Dataset]
+DatasetFactory = Callable[[DataConfig, str, bool], Dataset]  # (data config, split, whether to augment)
 DATASETS: Registry[DatasetFactory] = Registry("dataset")
 
 
 @DATASETS.register("digits")
-def _digits(cfg: DataConfig, split: str) -> Dataset:
+def _digits(cfg: DataConfig, split: str, augment: bool) -> Dataset:
     from kdforge.data.digits import DigitsDataset
 
     return DigitsDataset(split, image_size=cfg.image_size, in_chans=cfg.in_chans, seed=cfg.split_seed, **cfg.kwargs)
 
 
 @DATASETS.register("imagefolder")
-def _imagefolder(cfg: DataConfig, split: str) -> Dataset:
+def _imagefolder(cfg: DataConfig, split: str, augment: bool) -> Dataset:
     from torchvision.datasets import ImageFolder
 
+    from kdforge.data.multicrop import MultiCropTransform
     from kdforge.data.transforms import image_transform
     from kdforge.data.views import ReplayableImages, ViewTransform
 
@@ -44,9 +46,9 @@ def _imagefolder(cfg: DataConfig, split: str) -> Dataset:
             f"dataset folder {str(folder)!r} does not exist. The imagefolder layout is "
             f"{cfg.root}/train/<class>/<image> and {cfg.root}/val/<class>/<image>."
         )
-    transform = image_transform(cfg, train=split == "train")
+    transform = image_transform(cfg, train=augment)
     try:
-        if isinstance(transform, ViewTransform):
+        if isinstance(transform, (ViewTransform, MultiCropTransform)):
             return ReplayableImages(ImageFolder(str(folder), **cfg.kwargs), transform)
         return ImageFolder(str(folder), transform=transform, **cfg.kwargs)
     except FileNotFoundError as exc:
@@ -54,14 +56,15 @@ def _imagefolder(cfg: DataConfig, split: str) -> Dataset:
 
 
 @DATASETS.register("segfolder")
-def _segfolder(cfg: DataConfig, split: str) -> Dataset:
+def _segfolder(cfg: DataConfig, split: str, augment: bool) -> Dataset:
     from kdforge.data.segmentation import SegmentationFolder
 
-    return SegmentationFolder(cfg, split)
+    return SegmentationFolder(cfg, split, augment)
 
 
 @DATASETS.register("import")
-def _imported(cfg: DataConfig, split: str) -> Dataset:
+def _imported(cfg: DataConfig, split: str, augment: bool) -> Dataset:
+    """``factory(split=..., **data.kwargs)``; the factory decides its own augmentation for each split."""
     if not cfg.factory:
         raise DataError("data.factory ('package.module:function') is required for dataset 'import'.")
     factory = import_object(cfg.factory, "dataset factory")
@@ -131,10 +134,11 @@ class BatchDict(Dataset):
             item = {"input": sample[0], "target": sample[1]}
         else:
             raise DataError(f"dataset samples must be (input, target) or a dict, got {type(sample).__name__}.")
-        if not isinstance(item.get("input"), torch.Tensor):
+        if not is_inputs(item.get("input")):
             raise DataError(
-                f"dataset sample {index} has input of type {type(item.get('input')).__name__}, not a tensor: "
-                "give the dataset a transform that ends in a tensor (e.g. torchvision ToTensor + Normalize)."
+                f"dataset sample {index} has input of type {type(item.get('input')).__name__}, not a tensor or a "
+                "dict of tensors: give the dataset a transform that ends in a tensor (e.g. torchvision ToTensor + "
+                "Normalize), or return {'input': {'name': tensor, ...}, 'target': ...} for several inputs."
             )
         if index in self.hidden:
             item["target"] = UNLABELLED
@@ -166,9 +170,10 @@ def labelled_subset(targets: Sequence[int], fraction: float, per_class: int | No
     return keep
 
 
-def build_dataset(cfg: DataConfig, split: str) -> tuple[BatchDict, Dataset]:
-    """The wrapped dataset and the raw one (for class names); the train split may hide labels."""
-    raw = DATASETS.get(cfg.dataset)(cfg, split)
+def build_dataset(cfg: DataConfig, split: str, augment: bool | None = None) -> tuple[BatchDict, Dataset]:
+    """The wrapped dataset and the raw one (for class names); the train split may hide labels. `augment`
+    (default: for the train split) picks the training or the evaluation transform."""
+    raw = DATASETS.get(cfg.dataset)(cfg, split, split == "train" if augment is None else augment)
     if len(raw) == 0:
         raise DataError(f"the {split} split of dataset {cfg.dataset!r} is empty; check data.root / the factory.")
     hidden: set[int] = set()

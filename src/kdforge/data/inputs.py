@@ -42,6 +42,14 @@ def is_inputs(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
+def inputs_equal(a: Inputs, b: Inputs) -> bool:
+    """Whether two inputs hold the same names and equal tensors."""
+    if isinstance(a, Mapping) or isinstance(b, Mapping):
+        same_keys = isinstance(a, Mapping) and isinstance(b, Mapping) and a.keys() == b.keys()
+        return same_keys and all(inputs_equal(a[key], b[key]) for key in a)
+    return torch.equal(a, b)
+
+
 def call_model(model: nn.Module, inputs: Inputs, adapter: ForwardAdapter | None = None) -> Any:
     """``adapter(model, inputs)`` when given; else a dict is passed by keyword (``model(camera=..., lidar=...)``)
     and a tensor positionally."""

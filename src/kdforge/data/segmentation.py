@@ -30,14 +30,15 @@ class SegmentationFolder(Dataset):
     Args:
         cfg: the data config: root, image_size (S), in_chans, mean, std, augment.scale / augment.hflip,
             class_names or num_classes, ignore_index.
-        split: the subfolder of ``cfg.root``; ``"train"`` gets the random joint crop and flip.
+        split: the subfolder of ``cfg.root``.
+        augment: whether samples get the random joint crop and flip (default: for the train split).
     """
 
-    def __init__(self, cfg: DataConfig, split: str) -> None:
+    def __init__(self, cfg: DataConfig, split: str, augment: bool | None = None) -> None:
         if cfg.root is None:
             raise DataError(f"data.root is required for dataset 'segfolder': {_LAYOUT}")
         self.root, self.split = Path(cfg.root), split
-        self.size, self.train = cfg.image_size, split == "train"
+        self.size, self.train = cfg.image_size, split == "train" if augment is None else augment
         self.scale, self.hflip = cfg.augment.scale, cfg.augment.hflip
         self.mean, self.std = list(cfg.mean), list(cfg.std)
         self.image_mode = _IMAGE_MODES.get(cfg.in_chans)

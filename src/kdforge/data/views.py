@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
 from kdforge.config import DataConfig
+from kdforge.data.inputs import inputs_equal
 from kdforge.errors import DataError
 
 if TYPE_CHECKING:
@@ -178,6 +179,6 @@ def reads_differ(dataset: Dataset) -> bool:
     with torch.random.fork_rng(devices=[]):
         for index in torch.linspace(0, len(dataset) - 1, PROBE_SAMPLES).long().unique().tolist():
             first = dataset[index]["input"]
-            if any(not torch.equal(first, dataset[index]["input"]) for _ in range(PROBE_READS - 1)):
+            if any(not inputs_equal(first, dataset[index]["input"]) for _ in range(PROBE_READS - 1)):
                 return True
     return False

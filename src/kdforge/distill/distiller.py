@@ -80,6 +80,7 @@ class Distiller(nn.Module):
         teacher_input: per teacher (same form as `teacher`), maps the batch input to its input, or None.
         schedule: ``epoch -> EpochSettings`` (phases, scheduled weights and parameters), or None.
         cached: cached teacher outputs, used instead of `teacher` (which is then None).
+        pair: lines the student's outputs up with a teacher's for the terms (multi-crop: `pair_crops`), or None.
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class Distiller(nn.Module):
         teacher_input: nn.Module | Mapping[str, nn.Module] | None = None,
         schedule: Callable[[int], EpochSettings] | None = None,
         cached: CachedTeachers | None = None,
+        pair: Callable[[Outputs, Outputs], tuple[Outputs, Outputs]] | None = None,
     ) -> None:
         super().__init__()
         teachers = _named(teacher)
@@ -111,6 +113,7 @@ class Distiller(nn.Module):
         self.term_teachers = [t.teachers or ((first,) if first else ()) for t in terms]
         self.task_weight = float(task_weight)
         self.schedule = schedule
+        self.pair = pair
         # ``time_section(name)`` wraps the teacher's forward; the trainer sets it to its step timer's.
         self.time_section: Callable[[str], AbstractContextManager] = _untimed
         for net in self.teachers.values():
@@ -153,11 +156,11 @@ class Distiller(nn.Module):
             if layout is not None:
                 register_token_layout(layout)  # how adapters turn this model's tokens into maps
         for index, term in enumerate(self.terms):
-            view = self._view(index, teachers)
+            paired, view = self._term_inputs(index, student, teachers)
             try:
-                term.setup(student, view)
+                term.setup(paired, view)
                 if not term.needs_dataset:  # a dry run: shape mistakes surface now, not after an epoch
-                    term(student, view, batch)
+                    term(paired, view, batch)
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise ConfigError(
                     f"distillation term {self.term_names[index]!r} does not fit the models: {exc}"
@@ -200,12 +203,14 @@ class Distiller(nn.Module):
             result[name] = {k: v.clone() for k, v in outputs.items()}
         return result
 
-    def _view(self, index: int, teachers: dict[str, Outputs]) -> Outputs:
-        """What term `index` reads: its teacher's outputs, or the ensemble of its teachers."""
+    def _term_inputs(self, index: int, student: Outputs, teachers: dict[str, Outputs]) -> tuple[Outputs, Outputs]:
+        """What term `index` reads: the student's outputs and its teacher's (or its teachers' ensemble), paired."""
         names = self.term_teachers[index]
         if len(names) == 1:
-            return teachers[names[0]]
-        return ensemble_outputs([teachers[n] for n in names], getattr(self.terms[index], "temperature", 1.0))
+            view = teachers[names[0]]
+        else:
+            view = ensemble_outputs([teachers[n] for n in names], getattr(self.terms[index], "temperature", 1.0))
+        return self.pair(student, view) if self.pair is not None else (student, view)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any] | Outputs:
         student = self.student(batch["input"])
@@ -221,7 +226,7 @@ class Distiller(nn.Module):
             parts["task"] = self.task.loss(student, batch)
             total = total + self.task_weight * parts["task"]
         for i in active:
-            parts[self.term_names[i]] = value = self.terms[i](student, self._view(i, teachers), batch)
+            parts[self.term_names[i]] = value = self.terms[i](*self._term_inputs(i, student, teachers), batch)
             total = total + self.term_weights[i] * value
         first = next(iter(self.teacher_names), None)
         return {

@@ -148,9 +148,9 @@ def build_teachers(
 TEACHER_LATENCY_RUNS = 5  # a big teacher's CPU forward can take a second; fewer runs than the student's
 
 
-def teacher_profile(config: RunConfig, name: str, teacher: TeacherRunner) -> dict[str, Any]:
-    """The report's cost figures of one teacher (`kdforge.report.profile`), at the input size it reads."""
-    from kdforge.report.profile import input_shape, model_profile
+def teacher_profile(teacher: TeacherRunner, example: Inputs) -> dict[str, Any]:
+    """The report's cost figures of one teacher (`kdforge.report.profile`) on `example`, the batch-1 input it
+    reads (through its input adapter)."""
+    from kdforge.report.profile import model_profile
 
-    shape = input_shape(config.teacher_specs()[name], config.data)
-    return model_profile(teacher.net.model, shape, runs=TEACHER_LATENCY_RUNS)
+    return model_profile(teacher.net.model, example, runs=TEACHER_LATENCY_RUNS, adapter=teacher.net.adapter)

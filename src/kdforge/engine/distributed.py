@@ -118,6 +118,21 @@ def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(gathered)
 
 
+def gather_varying_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of `tensor`, concatenated in rank order; the row counts may differ (an uneven
+    val split), the trailing shape may not."""
+    world = current_world()
+    if not world.distributed:
+        return tensor
+    home, local = tensor.device, tensor.to(collective_device())
+    counts = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(world.size)]
+    dist.all_gather(counts, torch.tensor([len(local)], device=local.device))
+    longest = max(int(c) for c in counts)
+    padded = torch.cat([local, local.new_zeros(longest - len(local), *local.shape[1:])])
+    (parts,) = gather_rows(padded)
+    return torch.cat([chunk[: int(n)] for chunk, n in zip(parts.split(longest), counts, strict=True)]).to(home)
+
+
 def wrap(distiller: nn.Module, device: torch.device) -> nn.Module:
     """The distiller in DistributedDataParallel (the trainable student and adapters get averaged gradients;
     the frozen teacher has no gradients to average). Unused parameters are searched for only when terms

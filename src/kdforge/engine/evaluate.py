@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdforge.data.inputs import map_inputs
-from kdforge.engine.distributed import sum_attributes
+from kdforge.engine.distributed import gather_varying_rows, sum_attributes
 from kdforge.tasks.base import Task
 
 
@@ -65,4 +65,7 @@ def evaluate(
         metrics.update(outputs, batch)
     model.train(was_training)
     sum_attributes(metrics, metrics.sums)  # under torchrun each process saw its share of the val set
+    for name in metrics.rows:
+        rows = getattr(metrics, name)
+        setattr(metrics, name, [gather_varying_rows(torch.cat(rows))] if rows else rows)
     return metrics.compute()

@@ -94,19 +94,46 @@ def _import(name: str, kwargs: dict[str, Any]) -> nn.Module:
 
 
 def build_model(spec: ModelSpec, num_classes: int | None = None, role: str = "model") -> nn.Module:
-    """Build the model and load its checkpoint; `num_classes` is passed through unless the spec sets it."""
+    """Build the model and load its checkpoint; `num_classes` is passed through unless the spec sets it.
+
+    ``num_classes=0`` asks for a backbone returning its pooled embedding: timm's own ``num_classes=0``, a
+    torchvision model with its last linear layer replaced by identity; an ``import`` factory gets no
+    ``num_classes`` then (it returns what it returns)."""
     kwargs = dict(spec.kwargs)
     classes = spec.num_classes if spec.num_classes is not None else num_classes
-    if classes is not None and "num_classes" not in kwargs:
+    headless = classes == 0 and spec.source in ("torchvision", "import")
+    if classes is not None and "num_classes" not in kwargs and not headless:
         kwargs["num_classes"] = classes
     factory = MODEL_SOURCES.get(spec.source)
     try:
         model = factory(spec.name, kwargs)
     except (TypeError, ValueError, RuntimeError, AssertionError) as exc:  # the library's own check of its arguments
         raise KDForgeError(f"cannot build {role} {spec.name!r} from {spec.source} with {kwargs}: {exc}") from exc
+    if headless and spec.source == "torchvision":
+        _drop_linear_head(model, role)
     if spec.checkpoint:
-        load_weights(model, spec.checkpoint, key=spec.checkpoint_key, trust=spec.trust_checkpoint, role=role)
+        trust, headless = spec.trust_checkpoint, classes == 0
+        load_weights(model, spec.checkpoint, key=spec.checkpoint_key, trust=trust, role=role, headless=headless)
     return model
+
+
+_HEADS = ("fc", "head", "heads", "classifier")  # where torchvision keeps a classifier
+
+
+def _drop_linear_head(model: nn.Module, role: str) -> None:
+    """Replace a torchvision classifier's last linear layer with identity, so the model returns its embedding."""
+    for name in _HEADS:
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Linear):
+            setattr(model, name, nn.Identity())
+            return
+        if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
+            head[-1] = nn.Identity()
+            return
+    raise KDForgeError(
+        f"cannot find the classifier of {role} {type(model).__name__} (looked for a linear {'/'.join(_HEADS)}) to "
+        "return its embedding; use a timm model or an import factory that returns the pooled features."
+    )
 
 
 def forward_adapter(spec: ModelSpec) -> ForwardAdapter | None:

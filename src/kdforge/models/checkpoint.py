@@ -93,10 +93,19 @@ def _strip_prefixes(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def load_weights(
-    model: nn.Module, path: str | Path, key: str | None = None, trust: bool = False, role: str = "model"
+    model: nn.Module,
+    path: str | Path,
+    key: str | None = None,
+    trust: bool = False,
+    role: str = "model",
+    headless: bool = False,
 ) -> None:
-    """Load `path` into `model` after checking that every key and shape fits."""
+    """Load `path` into `model` after checking that every key and shape fits. A `headless` model (a backbone
+    built without its classifier) skips the checkpoint's keys it has no place for: the classifier's."""
     state = read_state_dict(path, key, trust)
+    if headless:
+        expected = model.state_dict()
+        state = {k: v for k, v in state.items() if k in expected}
     check_state_dict(model, state, f"{role} checkpoint {str(path)!r}")
     model.load_state_dict(state, strict=True)
 

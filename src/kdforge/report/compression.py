@@ -14,7 +14,7 @@ from rich.table import Table
 from kdforge.config import DataConfig, ModelSpec, RunConfig
 from kdforge.errors import KDForgeError
 from kdforge.models.build import build_model
-from kdforge.report.profile import input_shape, model_profile
+from kdforge.report.profile import input_shape, model_profile, shape_text
 from kdforge.report.summary import format_params, short_name
 
 RATIOS = {"compression": "params", "size_ratio": "size_bytes", "macs_ratio": "macs", "speedup": "latency_ms"}
@@ -73,7 +73,7 @@ def print_compression(report: dict[str, Any], console: Console | None = None) ->
             format_bytes(p["size_bytes"]),
             format_macs(p["macs"]),
             f"{p['latency_ms']:.2f} ms",
-            "x".join(str(d) for d in p["input_shape"]),
+            shape_text(p["input_shape"]),
         )
     console.print(table)
     if report["compression"] is not None:

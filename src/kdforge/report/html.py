@@ -18,6 +18,7 @@ from kdforge import __version__
 from kdforge.atomic import atomic_write
 from kdforge.errors import KDForgeError
 from kdforge.report.plots import CHART_CSS, Reference, Series, line_chart, style
+from kdforge.report.profile import shape_text
 from kdforge.report.summary import format_params, short_name
 
 SECTIONS = {
@@ -348,7 +349,7 @@ def _models_caption(runs: list[Run], entries: list[dict[str, Any]]) -> str:
     text = "Student metrics are those of its best epoch" + (f" ({'; '.join(best)})." if best else ".")
     profile = next((e["profile"] for e in entries if e.get("profile")), None)
     if profile:
-        shape = "x".join(str(n) for n in profile["input_shape"])
+        shape = shape_text(profile["input_shape"])
         text += (
             f" Size: weights as stored in safetensors. MACs: multiply-accumulates of one forward of a {shape} input "
             f"(matrix products and convolutions). CPU latency: median batch-1 float32 forward, {profile['threads']} "

@@ -23,6 +23,7 @@ class Metrics:
     """
 
     sums: tuple[str, ...] = ()
+    rows: tuple[str, ...] = ()  # lists of per-sample tensors (e.g. embeddings): gathered from every process
 
     def update(self, outputs: Outputs, batch: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -39,6 +40,7 @@ class Task:
 
     name = "task"
     logit_keys: tuple[str, ...] = ()  # outputs holding class scores on axis 1: the teacher cache keeps their top-k
+    embeds_only = False  # models are backbones returning their embedding (built with num_classes=0)
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
@@ -68,6 +70,11 @@ class Task:
         val, val_raw = build_dataset(self.config.data, "val")
         self.set_classes(class_names(val_raw, self.config.data))
         return val
+
+    @property
+    def model_classes(self) -> int | None:
+        """The class count models are built with (0: a backbone returning its embedding)."""
+        return 0 if self.embeds_only else self.num_classes
 
     def to_outputs(self, raw: Any) -> Outputs:
         """A dict is the model's own named outputs; a tuple or list gives its first element (DeiT's (cls, dist)
@@ -119,3 +126,4 @@ class Task:
 TASKS: Registry[type[Task]] = Registry("task")
 TASKS.register("classification", "kdforge.tasks.classification:ClassificationTask")
 TASKS.register("segmentation", "kdforge.tasks.segmentation:SegmentationTask")
+TASKS.register("features", "kdforge.tasks.features:FeaturesTask")

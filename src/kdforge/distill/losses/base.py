@@ -61,11 +61,13 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def pick(outputs: Outputs, key: str, role: str) -> torch.Tensor:
-    """``outputs[key]`` (an output such as ``logits``, or a tap by its name or as ``feat:<name>``) in float32,
-    or float64 when given float64 (loss math never runs in fp16/bf16: a log-softmax of fp16 logits
+    """``outputs[key]`` (an output such as ``logits`` or ``embedding``, or a tap by its name or as ``feat:<name>``)
+    in float32, or float64 when given float64 (loss math never runs in fp16/bf16: a log-softmax of fp16 logits
     overflows), with a clear error when absent."""
     if key not in outputs and TAP_PREFIX + key in outputs:
         key = TAP_PREFIX + key
+    elif key not in outputs and key.removeprefix(TAP_PREFIX) in outputs:
+        key = key.removeprefix(TAP_PREFIX)  # a model output by name (a features task's ``embedding``)
     if key not in outputs:
         raise ConfigError(
             f"the {role}'s outputs have no {key!r}; available: {sorted(outputs)}. Taps are declared under "
