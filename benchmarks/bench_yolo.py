@@ -52,6 +52,46 @@ class StepTimer:
         return 1000 * statistics.median(self.times[len(self.times) // 10 :])  # the first 10% warm up
 
 
+def interleaved_steps(teacher: Path, args: argparse.Namespace, reps: int = 15) -> dict[str, float]:
+    """Median training-step ms of the three arms on one fixed batch, taken in turn (alone, kdforge, Ultralytics,
+    alone, ...), so load from other processes on a shared machine falls on every arm alike."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.distill_model import DistillationModel
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    from kdforge.config import ModelSpec
+    from kdforge.config.detection import DetectDistillConfig
+    from kdforge.detection.criterion import DistillationCriterion
+    from kdforge.detection.teacher import load_teacher
+
+    def student() -> DetectionModel:
+        model = DetectionModel(STUDENT, nc=3, verbose=False)
+        model.args = get_cfg(overrides={"imgsz": args.imgsz, "dis": 6.0})
+        return model.train()
+
+    spec = ModelSpec(source="ultralytics", name=str(teacher), trust_checkpoint=True)
+    kd = student()
+    kd.criterion = DistillationCriterion(kd, load_teacher(spec, 3, torch.device("cpu")), DetectDistillConfig(), None)
+    ultra = DistillationModel(load_checkpoint(str(teacher))[0], student()).train()
+    arms = {"alone": student(), "kdforge": kd, "ultralytics": ultra}
+    gen = torch.Generator().manual_seed(0)
+    n = args.batch
+    batch = {
+        "img": torch.rand(n, 3, args.imgsz, args.imgsz, generator=gen),
+        "batch_idx": torch.arange(n).repeat_interleave(2).float(),
+        "cls": torch.randint(0, 3, (2 * n, 1), generator=gen).float(),
+        "bboxes": torch.rand(2 * n, 4, generator=gen) * 0.4 + 0.2,
+    }
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(reps):
+        for name, model in arms.items():
+            start = time.perf_counter()
+            loss, _ = model(batch) if name == "ultralytics" else model.loss(batch)
+            loss.sum().backward()
+            times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(values[2:]) for name, values in times.items()}
+
+
 def base_config(args: argparse.Namespace, data: Path, name: str, seed: int, **detect: Any) -> dict[str, Any]:
     return {
         "task": "detection",
@@ -122,7 +162,8 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--arms", nargs="+", default=["alone", "kdforge", "ultralytics"])
+    parser.add_argument("--arms", nargs="*", default=["alone", "kdforge", "ultralytics"])
+    parser.add_argument("--step-reps", type=int, default=15, help="interleaved step timing repeats (0: skip)")
     parser.add_argument("--set", dest="kd", action="append", default=[], help="detect.distill KEY=VALUE for kdforge")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -136,6 +177,9 @@ def main() -> None:
             results["runs"].append({"arm": arm, "seed": seed, "metrics": metrics, "step_ms": step_ms})
             print(json.dumps(results["runs"][-1]), flush=True)
             (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    if args.step_reps:
+        results["interleaved_step_ms"] = interleaved_steps(teacher, args, args.step_reps)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(table(results))
 
 
@@ -191,6 +235,10 @@ def table(results: dict[str, Any]) -> str:
         ms = statistics.mean(r["step_ms"] for r in runs)
         per_seed = ", ".join(f"{m:.3f}" for m in maps)
         lines.append(f"| {arm} | {statistics.mean(maps):.3f} | {per_seed} | {ms:.1f} | {ms / alone_ms:.2f} |")
+    steps = results.get("interleaved_step_ms")
+    if steps:
+        ratios = ", ".join(f"{arm} {ms:.0f} ms ({ms / steps['alone']:.2f}x)" for arm, ms in steps.items())
+        lines.append(f"\nInterleaved step time on one batch: {ratios}")
     return "\n".join(lines)
 
 

@@ -89,3 +89,28 @@ def test_student_alone_uses_ultralytics_loss_without_distillation_terms(tmp_path
     assert not (tmp_path / "registry").exists()
     summary = json.loads((tmp_path / "runs" / "kd" / "summary.json").read_text())
     assert summary["teacher"] is None and summary["epochs_run"] == 1
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch) -> None:
+    from kdforge.detection.logbridge import LogBridge
+
+    config = _config(tmp_path, val_teacher=False, log_every="epoch", registry={"enabled": False})
+    path = tmp_path / "kd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    original = LogBridge.on_epoch_end
+
+    def stop_after_first_epoch(bridge, trainer) -> None:
+        original(bridge, trainer)
+        if trainer.epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LogBridge, "on_epoch_end", stop_after_first_epoch)
+    run = tmp_path / "runs" / "kd"
+    assert main(["train", "-c", str(path)]) == 130
+    assert (run / "yolo" / "weights" / "last.pt").is_file()
+    monkeypatch.setattr(LogBridge, "on_epoch_end", original)
+    assert main(["train", "--resume", str(run)]) == 0
+    vals = [r for r in read_records(run / "metrics.jsonl") if r["kind"] == "val"]
+    assert [r["epoch"] for r in vals] == [1, 2]
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
+    assert len(json.loads((run / "meta.json").read_text())["resumes"]) == 1
