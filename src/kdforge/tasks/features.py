@@ -132,12 +132,10 @@ class KNNMetrics(Metrics):
             )
         k = min(5, self.num_classes)
         hits = knn_hits(q, q_targets, m, m_targets, self.cfg, self.num_classes, self.leave_one_out)
-        results = {
-            "val/knn_acc1": 100.0 * hits[:, 0].float().mean().item(),
-            "val/embedding_std": q.std(dim=0).mean().item() if len(q) > 1 else 0.0,
-        }
+        results = {"val/knn_acc1": 100.0 * hits[:, 0].float().mean().item()}
         if k > 1:
             results[f"val/knn_acc{k}"] = 100.0 * hits.any(dim=1).float().mean().item()
+        results["val/embedding_std"] = q.std(dim=0).mean().item() if len(q) > 1 else 0.0
         if self.cfg.linear_probe:
             results["val/linear_acc1"] = linear_probe_accuracy(q, q_targets, m, m_targets, self.leave_one_out)
         results["fitness"] = results["val/linear_acc1" if self.cfg.fitness == "linear" else "val/knn_acc1"]
@@ -164,10 +162,10 @@ def knn_hits(
         if leave_one_out:
             rows = torch.arange(len(sim))
             sim[rows, rows + start] = -float("inf")
-        weights, neighbours = sim.topk(k, dim=1)  # (q, k)
-        votes = torch.zeros(len(sim), num_classes).scatter_add_(
-            1, memory_targets[neighbours], (weights / cfg.knn_temperature).exp()
-        )  # (q, C)
+        weights, neighbours = sim.topk(k, dim=1)  # (q, k), most similar first
+        # exp(s / T) scaled by exp(-s_max / T): the same ranking, and no overflow at a low temperature
+        scores = ((weights - weights[:, :1]) / cfg.knn_temperature).exp()
+        votes = torch.zeros(len(sim), num_classes).scatter_add_(1, memory_targets[neighbours], scores)  # (q, C)
         ranked = votes.topk(top, dim=1).indices
         hits.append(ranked.eq(query_targets[start : start + KNN_QUERY_CHUNK, None]))
     return torch.cat(hits) if hits else torch.zeros(0, top, dtype=torch.bool)

@@ -56,12 +56,6 @@ def test_knn_temperature_decides_between_nearest_and_majority(temperature: float
     assert hits.dtype == torch.bool and torch.equal(hits, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="knn_hits weights neighbours by exp(sim / T) without subtracting the row maximum: for T below ~1/88.7 "
-    "(a valid knn_temperature, e.g. 0.01) float32 exp overflows to inf, every neighbour with sim ~1 weighs inf and "
-    "the vote becomes a tie that topk breaks by class index, not by similarity.",
-)
 @pytest.mark.parametrize("temperature", [0.01, 0.005])
 def test_knn_low_temperature_still_lets_the_nearest_win(temperature: float) -> None:
     # As T -> 0 the nearest neighbour dominates more and more: at T = 0.02 class 0 wins above; so must it at T < 0.02.

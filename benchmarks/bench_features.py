@@ -1,0 +1,135 @@
+"""Label-free feature distillation on the bundled digits, with multi-crop: what the student's embedding gains
+and what the teacher cache saves, in one process.
+
+1. A ViT teacher is trained as a classifier on the digits (image folders, 32 px), then used headless: its CLS
+   embedding and patch tokens are the targets.
+2. k-NN accuracy (weighted vote, k = 20, memory: the train split) of the teacher, of the student at its random
+   initialisation, and of the student after label-free multi-crop distillation (2 global + 4 local crops,
+   cosine on the embedding and on the patch tokens as maps), with a live teacher and from the teacher cache.
+3. Speed: the live run and the cached run alternate for ``--rounds`` rounds (the cache is built once, before);
+   the median per-round ratio of their training samples/s is reported.
+
+Run:  .venv/bin/python benchmarks/bench_features.py [--epochs 6] [--rounds 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdforge.config import RunConfig, validate_config
+from kdforge.data.digits import write_image_folders
+from kdforge.engine.evaluate import evaluate
+from kdforge.models.build import build_model, tapped_model
+from kdforge.pipeline import build_cache, build_task, train
+
+TEACHER = {"source": "timm", "name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 4}}
+STUDENT = {"source": "timm", "name": "test_resnet"}
+QUIET = {"progress": False, "verbose": False, "report": False, "tensorboard": False, "diagnostics_every_steps": 0}
+
+
+def teacher_config(root: Path, out: Path, epochs: int) -> RunConfig:
+    return validate_config(
+        {
+            "teacher": None,
+            "student": TEACHER,
+            "data": {"root": str(root), "image_size": 32, "batch_size": 64, "num_workers": 0},
+            "train": {"epochs": epochs, "optimizer": {"name": "adamw", "lr": 1e-3}},
+            "output": {"dir": str(out), "name": "teacher"},
+            "log": QUIET,
+        }
+    )
+
+
+def features_config(root: Path, out: Path, checkpoint: Path, epochs: int, name: str, **extra: Any) -> RunConfig:
+    return validate_config(
+        {
+            "task": "features",
+            "teacher": {**TEACHER, "checkpoint": str(checkpoint), "taps": {"tokens": "norm"}},
+            "student": {**STUDENT, "taps": {"map": "layer3"}},
+            "data": {
+                "root": str(root),
+                "image_size": 32,
+                "batch_size": 32,
+                "num_workers": 0,
+                "multicrop": {"global_crops": 2, "local_crops": 4, "local_size": 16},
+            },
+            "distill": {
+                "terms": [
+                    {"loss": "cosine", "student": "embedding", "teacher": "embedding"},
+                    {"loss": "cosine", "weight": 0.5, "student": "map", "teacher": "tokens", "tokens": "grid"},
+                ]
+            },
+            "train": {"epochs": epochs, "optimizer": {"name": "adamw", "lr": 2e-3}},
+            "output": {"dir": str(out), "name": name},
+            "log": QUIET,
+            **extra,
+        }
+    )
+
+
+def initial_student_knn(config: RunConfig) -> float:
+    """k-NN accuracy of the student as the distilled runs start it (same seed, no training)."""
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(config.seed)
+    task = build_task(config)
+    val = task.eval_dataset()
+    net = tapped_model(build_model(config.student, task.model_classes), config.student, {}, task.to_outputs)
+    loader = DataLoader(val, batch_size=128)
+    return evaluate(net, loader, task, torch.device("cpu"))["val/knn_acc1"]
+
+
+def samples_per_s(run_dir: Path) -> float:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(r["samples_per_s"] for r in records if r.get("kind") == "train")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        root = write_image_folders(work / "digits", image_size=32)
+        teacher = train(teacher_config(root, work / "runs", args.teacher_epochs))
+        checkpoint = teacher.run_dir / "checkpoints" / "best.pt"
+        print(f"teacher (supervised, {args.teacher_epochs} epochs): val/acc1 {teacher.best_metrics['val/acc1']:.2f}")
+        cache = {"enabled": True, "dir": str(work / "cache"), "views": args.views}
+        cached_config = features_config(root, work / "runs", checkpoint, args.epochs, "cached", cache=cache)
+        tic = time.perf_counter()
+        build_cache(cached_config)
+        print(f"cache build ({args.views} multi-crop views per image): {time.perf_counter() - tic:.1f} s")
+        live_config = features_config(root, work / "runs", checkpoint, args.epochs, "live")
+        speeds: dict[str, list[float]] = {"live": [], "cached": []}
+        results = {}
+        for _ in range(args.rounds):
+            for name, config in (("live", live_config), ("cached", cached_config)):
+                result = train(config)
+                speeds[name].append(samples_per_s(result.run_dir))
+                results[name] = result
+        ratios = [c / live for c, live in zip(speeds["cached"], speeds["live"], strict=True)]
+        print(f"k-NN val/knn_acc1: teacher {results['live'].teacher_metrics['val/knn_acc1']:.2f}, "
+              f"student at init {initial_student_knn(live_config):.2f}, "
+              f"distilled live {results['live'].best_metrics['val/knn_acc1']:.2f}, "
+              f"distilled from the cache {results['cached'].best_metrics['val/knn_acc1']:.2f} "
+              f"({args.epochs} epochs, label-free)")
+        print(f"training samples/s: live {statistics.median(speeds['live']):.1f}, "
+              f"cached {statistics.median(speeds['cached']):.1f}; cached / live = {statistics.median(ratios):.2f}x "
+              f"(median of {args.rounds} rounds)")
+
+
+if __name__ == "__main__":
+    main()
