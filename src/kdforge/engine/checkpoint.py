@@ -7,6 +7,7 @@ never replaces a good checkpoint with a partial one.
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ VERSION = 1
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` through `atomic_write`: a crash never leaves a broken checkpoint."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def prune_numbered(folder: Path, pattern: str, field: str, keep: int) -> None:
+    """Keep the newest `keep` files in `folder` named by `pattern` (e.g. ``epoch_{epoch}.pt``, `field` "epoch")."""
+    head, tail = pattern.split("{" + field + "}")
+    numbered = re.compile(re.escape(head) + r"(\d+)" + re.escape(tail) + "$")
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := numbered.match(p.name))]
+    for _, old in sorted(found)[:-keep]:
+        old.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import re
 import signal
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,15 @@ from kdforge.config import RunConfig
 from kdforge.data.inputs import batch_size
 from kdforge.distill.distiller import Distiller
 from kdforge.engine.buffers import BufferSnapshot
-from kdforge.engine.checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, rng_state, set_rng_state
+from kdforge.engine.checkpoint import (
+    FORMAT,
+    VERSION,
+    atomic_save,
+    load_checkpoint,
+    prune_numbered,
+    rng_state,
+    set_rng_state,
+)
 from kdforge.engine.diagnostics import Diagnosis, gradient_shares, teacher_agreement
 from kdforge.engine.distributed import average_buffers, barrier, current_world, min_across, sum_across, wrap
 from kdforge.engine.ema import ModelEma
@@ -34,37 +41,15 @@ from kdforge.engine.logger import RunLogger
 from kdforge.engine.meter import StepMeter
 from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.preemption import PREEMPTED_MARKER, Preempted, StopSignals
+from kdforge.engine.progress import TrainState, metric, track_best, track_early_stopping
 from kdforge.engine.timing import StepTimer
-from kdforge.errors import CheckpointError, ConfigError, NonFiniteLossError, did_you_mean
+from kdforge.errors import CheckpointError, NonFiniteLossError
 from kdforge.models.taps import TappedModel
 from kdforge.runtime import seed_everything
 from kdforge.tasks.base import Task
 
 # The step's parts, as logged (``time/<part>_ms``) and as labelled in the progress bar.
 STEP_PARTS = {"data": "data", "teacher": "teacher", "student": "student", "optimizer": "opt"}
-
-
-@dataclass
-class TrainState:
-    """Plain progress data, saved in every checkpoint."""
-
-    epoch: int = 0  # epochs completed
-    step_in_epoch: int = 0  # batches consumed in the current epoch
-    global_step: int = 0  # optimizer steps taken (skipped ones included)
-    nonfinite_total: int = 0
-    nonfinite_streak: int = 0
-    best: float | None = None
-    best_epoch: int | None = None
-    stop_best: float | None = None
-    bad_epochs: int = 0
-    stopped_early: bool = False
-
-
-def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    """Whether `value` beats `best` by more than `min_delta` in direction `mode` (any value beats None)."""
-    if best is None:
-        return True
-    return value > best + min_delta if mode == "max" else value < best - min_delta
 
 
 class Trainer:
@@ -139,7 +124,7 @@ class Trainer:
         for name in {self.train_cfg.checkpoint.best_metric} | (
             {self.train_cfg.early_stopping.metric} if self.train_cfg.early_stopping else set()
         ):
-            _metric(reported, name)
+            metric(reported, name)
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, float]:
@@ -411,10 +396,11 @@ class Trainer:
         self.logger.message(
             f"epoch {state.epoch}/{self.train_cfg.epochs}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         )
-        if improved(_metric(metrics, ck.best_metric), state.best, ck.best_mode):
-            state.best, state.best_epoch = _metric(metrics, ck.best_metric), state.epoch
+        if track_best(state, metrics, ck):
             self.save(ck.best_name)
-        self._update_early_stopping(metrics)
+        stop = track_early_stopping(state, metrics, self.train_cfg.early_stopping)
+        if stop:
+            self.logger.message(stop)
         self._diagnose_val(metrics)
 
     def _diagnose_val(self, metrics: dict[str, float]) -> None:
@@ -435,22 +421,6 @@ class Trainer:
             )
             self.logger.log("diagnostics", self.state.global_step, {"epoch": self.state.epoch, **values})
         self._warn(self.diagnosis.val_record(metrics))
-
-    def _update_early_stopping(self, metrics: dict[str, float]) -> None:
-        es, state = self.train_cfg.early_stopping, self.state
-        if es is None:
-            return
-        value = _metric(metrics, es.metric)
-        if improved(value, state.stop_best, es.mode, es.min_delta):
-            state.stop_best, state.bad_epochs = value, 0
-            return
-        state.bad_epochs += 1
-        if state.bad_epochs >= es.patience:
-            state.stopped_early = True
-            self.logger.message(
-                f"early stopping at epoch {state.epoch}: {es.metric} has not improved on {state.stop_best:.4g} "
-                f"for {es.patience} evaluations"
-            )
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
@@ -480,16 +450,8 @@ class Trainer:
         return path
 
     def _prune(self, pattern: str, field: str) -> None:
-        """Keep the newest ``keep_last`` checkpoints named by `pattern` (e.g. ``epoch_{epoch}.pt``)."""
-        if self.run_dir is None:
-            return
-        head, tail = pattern.split("{" + field + "}")
-        numbered = re.compile(re.escape(head) + r"(\d+)" + re.escape(tail) + "$")
-        found = [
-            (int(m.group(1)), p) for p in (self.run_dir / "checkpoints").iterdir() if (m := numbered.match(p.name))
-        ]
-        for _, old in sorted(found)[: -self.train_cfg.checkpoint.keep_last]:
-            old.unlink(missing_ok=True)
+        if self.run_dir is not None:
+            prune_numbered(self.run_dir / "checkpoints", pattern, field, self.train_cfg.checkpoint.keep_last)
 
     def resume(self, path: str | Path) -> None:
         """Restore everything a checkpoint holds, so training continues exactly where it stopped."""
@@ -528,12 +490,3 @@ def _progress_info(values: dict[str, Any]) -> str:
     total = max(sum(times.values()), 1e-9)
     shares = " ".join(f"{label} {100 * ms / total:.0f}%" for label, ms in times.items())
     return f"loss {values.get('loss', math.nan):.3f} ({parts}) {values['samples_per_s']:.0f} img/s | {shares}"
-
-
-def _metric(metrics: dict[str, float], name: str) -> float:
-    if name not in metrics:
-        raise ConfigError(
-            f"metric {name!r} (early_stopping.metric / checkpoint.best_metric) is not reported by this task."
-            f"{did_you_mean(name, metrics)} Reported: {', '.join(metrics)}."
-        )
-    return metrics[name]
