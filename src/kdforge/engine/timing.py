@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import torch
+
+# The step's parts, as logged (``time/<part>_ms``) and as labelled in the progress bar.
+STEP_PARTS = {"data": "data", "teacher": "teacher", "student": "student", "optimizer": "opt"}
 
 
 class StepTimer:
@@ -60,3 +65,24 @@ class StepTimer:
                 self.seconds[name] += start.elapsed_time(end) / 1e3
             self._events.clear()
         return dict(self.seconds)
+
+    def step_ms(self) -> dict[str, float]:
+        """``time/<part>_ms``: milliseconds per optimizer step (a whole accumulation window) since the last
+        call: waiting for and copying the data, the teachers' forward, the student's forward + loss + backward,
+        and the optimizer step (unscale, norm, step, EMA, zero_grad, schedule). The teacher runs inside the
+        micro-step, so the student's part is the micro-step's time less the teacher's. Resets the timer."""
+        seconds = self.totals()
+        to_ms = 1e3 / max(self.calls["optimizer"], 1)
+        ms = {name: to_ms * seconds.get(name, 0.0) for name in ("data", "teacher", "micro_step", "optimizer")}
+        ms["student"] = ms.pop("micro_step") - ms["teacher"]
+        self.reset()
+        return {f"time/{part}_ms": ms[part] for part in STEP_PARTS}
+
+
+def progress_info(values: dict[str, Any]) -> str:
+    """``loss 0.512 (task 0.300 kd 0.724) 812 img/s | data 3% teacher 41% student 48% opt 8%``."""
+    parts = " ".join(f"{k[5:]} {v:.3f}" for k, v in values.items() if k.startswith("loss/"))
+    times = {label: values[f"time/{part}_ms"] for part, label in STEP_PARTS.items()}
+    total = max(sum(times.values()), 1e-9)
+    shares = " ".join(f"{label} {100 * ms / total:.0f}%" for label, ms in times.items())
+    return f"loss {values.get('loss', math.nan):.3f} ({parts}) {values['samples_per_s']:.0f} img/s | {shares}"

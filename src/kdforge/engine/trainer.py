@@ -42,14 +42,11 @@ from kdforge.engine.meter import StepMeter
 from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.preemption import PREEMPTED_MARKER, Preempted, StopSignals
 from kdforge.engine.progress import TrainState, metric, track_best, track_early_stopping
-from kdforge.engine.timing import StepTimer
+from kdforge.engine.timing import StepTimer, progress_info
 from kdforge.errors import CheckpointError, NonFiniteLossError
 from kdforge.models.taps import TappedModel
 from kdforge.runtime import seed_everything
 from kdforge.tasks.base import Task
-
-# The step's parts, as logged (``time/<part>_ms``) and as labelled in the progress bar.
-STEP_PARTS = {"data": "data", "teacher": "teacher", "student": "student", "optimizer": "opt"}
 
 
 class Trainer:
@@ -335,24 +332,12 @@ class Trainer:
             },
             "lr": self.optimizer.param_groups[0]["lr"],
             "nonfinite_total": self.state.nonfinite_total,
-            **self._step_times(),
+            **self.timer.step_ms(),
         }
         self.logger.log("train", self.state.global_step, values)
-        self.logger.set_info(_progress_info(values))
+        self.logger.set_info(progress_info(values))
         self._warn(self.diagnosis.train_record(values))
         self.meter.reset()
-
-    def _step_times(self) -> dict[str, float]:
-        """Milliseconds per optimizer step (a whole accumulation window) since the last log: waiting for and
-        copying the data, the teachers' forward, the student's forward + loss + backward, and the optimizer step
-        (unscale, norm, step, EMA, zero_grad, schedule). The teacher runs inside the micro-step, so the student's
-        part is the micro-step's time less the teacher's."""
-        seconds = self.timer.totals()
-        to_ms = 1e3 / max(self.timer.calls["optimizer"], 1)
-        ms = {name: to_ms * seconds.get(name, 0.0) for name in ("data", "teacher", "micro_step", "optimizer")}
-        ms["student"] = ms.pop("micro_step") - ms["teacher"]
-        self.timer.reset()
-        return {f"time/{part}_ms": ms[part] for part in STEP_PARTS}
 
     def _across_processes(self, means: dict[str, float]) -> dict[str, float]:
         """Under torchrun: losses averaged and throughput summed over the processes (one collective per log)."""
@@ -481,12 +466,3 @@ class Trainer:
             f"resumed from {path}: epoch {self.state.epoch}, step {self.state.global_step}"
             + (f" ({self.state.step_in_epoch} batches into the epoch)" if self.state.step_in_epoch else "")
         )
-
-
-def _progress_info(values: dict[str, Any]) -> str:
-    """``loss 0.512 (task 0.300 kd 0.724) 812 img/s | data 3% teacher 41% student 48% opt 8%``."""
-    parts = " ".join(f"{k[5:]} {v:.3f}" for k, v in values.items() if k.startswith("loss/"))
-    times = {label: values[f"time/{part}_ms"] for part, label in STEP_PARTS.items()}
-    total = max(sum(times.values()), 1e-9)
-    shares = " ".join(f"{label} {100 * ms / total:.0f}%" for label, ms in times.items())
-    return f"loss {values.get('loss', math.nan):.3f} ({parts}) {values['samples_per_s']:.0f} img/s | {shares}"
