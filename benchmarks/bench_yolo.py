@@ -110,6 +110,7 @@ def base_config(args: argparse.Namespace, data: Path, name: str, seed: int, **de
             "patience": 10_000,  # equal epochs for every arm: no early stop
             "val_teacher": False,
             "registry": {"enabled": False},
+            "extra": {"nbs": args.nbs or args.batch},  # nominal batch: one optimizer step per `nbs` images
             **detect,
         },
     }
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--train", type=int, default=64)
     parser.add_argument("--val", type=int, default=32)
+    parser.add_argument("--nbs", type=int, default=0, help="Ultralytics' nominal batch (0: --batch, a step a batch)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--arms", nargs="*", default=["alone", "kdforge", "ultralytics"])
