@@ -95,11 +95,14 @@ def export_run(run_dir: Path, checkpoint: str, formats: list[str], out: Path | N
     setup_process(config.model_copy(update={"device": "cpu"}))
     path = checkpoint_path(run_dir, checkpoint)
     state, classes = student_weights(path)
-    if classes is None:
-        task = build_task(config)
-        task.eval_dataset()
-        classes = task.class_names
-    model_classes = 0 if TASKS.get(config.task).embeds_only else config.data.num_classes or len(classes)
+    if TASKS.get(config.task).embeds_only:
+        model_classes = 0  # a backbone: no class count, no dataset needed
+    else:
+        if classes is None:
+            task = build_task(config)
+            task.eval_dataset()
+            classes = task.class_names
+        model_classes = config.data.num_classes or len(classes)
     net = load_student(config, model_classes, state, f"checkpoint {str(path)!r}")
     size = config.data.image_size
     example = torch.randn(2, config.data.in_chans, size, size)  # batch 2: batch 1 would be specialised away

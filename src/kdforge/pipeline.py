@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdforge.cache.build import cache_report, open_cache
 from kdforge.cache.reading import CachedTeacherDataset, TeacherCache
 from kdforge.config import RunConfig
+from kdforge.data.datasets import UNLABELLED
 from kdforge.data.sampler import ResumableSampler
 from kdforge.distill.distiller import Distiller, WeightedTerm
 from kdforge.distill.losses import build_term, term_signature
@@ -36,7 +37,7 @@ from kdforge.engine.trainer import Trainer
 from kdforge.errors import ConfigError
 from kdforge.export import export_student
 from kdforge.models.build import build_model, count_parameters, tapped_model
-from kdforge.models.multicrop import pair_crops
+from kdforge.models.multicrop import is_multicrop, pair_crops
 from kdforge.report.html import write_report
 from kdforge.report.profile import example_input, model_profile
 from kdforge.report.summary import print_summary, write_summary
@@ -124,9 +125,24 @@ def build_distiller(
         for name, outputs in teacher_outs.items():
             task.check_outputs(outputs, teacher_role(name))
 
+    _check_inputs(config, example["input"], inputs)
     distiller.setup(to_device(example, device), check)
     distiller.to(device)  # adapters built in setup
     return distiller
+
+
+def _check_inputs(config: RunConfig, inputs: Any, adapters: dict[str, Any]) -> None:
+    """The first batch's input is what the config's crops and teacher input adapters expect."""
+    if config.data.multicrop is not None and not is_multicrop(inputs):
+        raise ConfigError(
+            f"data.multicrop is set but dataset {config.data.dataset!r} gives one view per sample; use dataset "
+            "imagefolder (its training transform makes the crops), or return {'global': ..., 'local': ...} inputs."
+        )
+    if adapters and isinstance(inputs, dict) and not is_multicrop(inputs):
+        raise ConfigError(
+            f"teacher input (size / mean / std) resizes and renormalises images, but the data gives several inputs "
+            f"({', '.join(inputs)}); remove the teacher's input section and adapt the inputs in its forward adapter."
+        )
 
 
 def _terms(config: RunConfig, first: EpochSettings) -> list[WeightedTerm]:
@@ -175,8 +191,8 @@ def build_run(config: RunConfig, device: torch.device) -> RunParts:
         train_set = CachedTeacherDataset(train_set, cache.reader)
     train_loader, val_loader = build_loaders(config, train_set, val_set, device, cache.views if cache else 1)
     distiller = build_distiller(config, task, device, first_batch(train_loader), cache)
-    if distiller.needs_dataset():
-        distiller.bind_dataset(train_set.targets)
+    if distiller.needs_dataset():  # a label-free task's terms never see the labels (CRD draws any negatives)
+        distiller.bind_dataset([UNLABELLED] * len(train_set) if task.embeds_only else train_set.targets)
         distiller.to(device)  # per-sample state (memory banks) built in bind_dataset
     return RunParts(task, train_loader, val_loader, distiller, cache)
 

@@ -19,6 +19,7 @@ from kdforge.config import validate_config
 from kdforge.data.digits import write_image_folders
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.evaluate import to_device
+from kdforge.errors import ConfigError
 from kdforge.models.build import build_model
 from kdforge.pipeline import build_run, train
 
@@ -123,3 +124,19 @@ def test_cached_teacher_outputs_match_the_live_teacher_on_the_replayed_crops(dig
     for key, value in computed.items():
         assert value.shape[:2] == (4, 2)  # (batch, global crops, ...): the teacher reads the global crops only
         torch.testing.assert_close(cached[key], value, rtol=1e-5, atol=1e-5)
+
+
+def test_multicrop_with_a_dataset_that_gives_one_view_is_refused(tmp_path):
+    data = {"dataset": "digits", "image_size": 32, "root": None}
+    with pytest.raises(ConfigError, match="gives one view per sample"):
+        build_run(_config(Path("unused"), tmp_path, data=data), torch.device("cpu"))
+
+
+def test_a_teacher_reading_another_size_gets_its_global_crops_resized(digits, tmp_path):
+    """The teacher reads 48-px global crops (its input adapter resizes each crop); local crops never reach it."""
+    teacher = {**TEACHER, "kwargs": {"img_size": 48, "patch_size": 8}, "input": {"size": 48}}
+    parts = build_run(_config(digits, tmp_path, teacher=teacher), torch.device("cpu"))
+    batch = next(iter(parts.train_loader))
+    outputs = parts.distiller.teacher_outputs(batch, ["teacher"])["teacher"]
+    assert outputs["feat:tokens"].shape == (16, 2, 1 + 6 * 6, 64)  # (batch, global crops, cls + 6x6 patches, dim)
+    assert torch.isfinite(parts.distiller.train()(batch)["loss"])

@@ -29,6 +29,7 @@ from kdforge.distill.teachers import (
 )
 from kdforge.engine.evaluate import autocast_context, resolve_amp, to_device
 from kdforge.errors import CacheError, StaleCacheError
+from kdforge.models.multicrop import global_crops
 from kdforge.report.profile import example_input
 from kdforge.tasks.base import Task
 
@@ -164,7 +165,7 @@ def _build(
     row, tic = writer.rows_done, time.perf_counter()
     with _Progress(len(loader), str(writer.path)) as advance:
         for count, batch in enumerate(loader, 1):
-            x = to_device(batch, device)["input"]
+            x = global_crops(to_device(batch, device)["input"])
             with torch.inference_mode(), autocast():
                 outputs = {name: stack(x) for name, stack in stacks.items()}
             writer.write(row, encode_outputs(outputs, task.logit_keys, config.cache), batch.get("params"))

@@ -50,7 +50,7 @@ def fingerprint(config: RunConfig, raw: Dataset, views: int, amp: str) -> dict[s
     """
     specs = config.teacher_specs()
     return {
-        "teacher weights": {name: _teacher(spec, config.seed) for name, spec in specs.items()},
+        "teacher weights": {name: _teacher(spec, config.seed, _headless(config)) for name, spec in specs.items()},
         "taps": {
             name: {**spec.taps, **(config.distill.taps.teacher if name == "teacher" else {})}
             for name, spec in specs.items()
@@ -88,8 +88,16 @@ def fingerprint(config: RunConfig, raw: Dataset, views: int, amp: str) -> dict[s
     }
 
 
-def _teacher(spec: Any, seed: int) -> dict[str, Any]:
-    built = spec.model_dump(mode="json", include={"source", "name", "kwargs", "num_classes", "checkpoint_key"})
+def _headless(config: RunConfig) -> bool:
+    from kdforge.tasks.base import TASKS
+
+    return TASKS.get(config.task).embeds_only
+
+
+def _teacher(spec: Any, seed: int, headless: bool) -> dict[str, Any]:
+    # forward and headless are listed only when set, so caches built before they existed stay valid
+    fields = {"source", "name", "kwargs", "num_classes", "checkpoint_key", *(["forward"] if spec.forward else [])}
+    built = {**spec.model_dump(mode="json", include=fields), **({"headless": True} if headless else {})}
     if spec.checkpoint:
         return {**built, "checkpoint sha256": file_sha256(spec.checkpoint)}
     return {**built, "random init seed": seed}

@@ -516,6 +516,19 @@ class RunConfig(_Strict):
             raise ConfigError(
                 "task: features learns from the teacher only: add distill.terms (e.g. cosine on embedding)."
             )
+        for role, spec in {"student": self.student, **self.teacher_specs()}.items():
+            classes = spec.num_classes if spec.num_classes is not None else spec.kwargs.get("num_classes")
+            if classes not in (None, 0):
+                raise ConfigError(
+                    f"task: features distils embeddings, but {role} sets num_classes={classes} (a classifier "
+                    "head): remove it, so the model is built as a backbone returning its pooled embedding."
+                )
+        per_sample = [t.loss for t in self.distill.terms if _term_class(t.loss).needs_dataset]
+        if self.data.multicrop is not None and per_sample:
+            raise ConfigError(
+                f"{', '.join(per_sample)} keeps one memory row per sample, but data.multicrop gives several crops per "
+                "sample; use cosine / smooth_l1 with multi-crop, or drop data.multicrop for CRD."
+            )
         return self
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ for samples without a label (e.g. an unlabelled transfer set), which get the dis
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,15 @@ def _segfolder(cfg: DataConfig, split: str, augment: bool) -> Dataset:
 
 @DATASETS.register("import")
 def _imported(cfg: DataConfig, split: str, augment: bool) -> Dataset:
-    """``factory(split=..., **data.kwargs)``; the factory decides its own augmentation for each split."""
+    """``factory(split=..., **data.kwargs)``, plus ``augment=`` (bool) when the factory takes it; otherwise it
+    decides its own augmentation for each split."""
     if not cfg.factory:
         raise DataError("data.factory ('package.module:function') is required for dataset 'import'.")
     factory = import_object(cfg.factory, "dataset factory")
+    # A factory taking ``augment`` is told which transform to use (the k-NN memory reads train unaugmented).
+    extra = {"augment": augment} if "augment" in inspect.signature(factory).parameters else {}
     try:
-        dataset = factory(split=split, **cfg.kwargs)
+        dataset = factory(split=split, **cfg.kwargs, **extra)
     except TypeError as exc:
         raise DataError(
             f"dataset factory {cfg.factory!r} failed when called as factory(split={split!r}, **data.kwargs) "

@@ -132,6 +132,8 @@ class InputAdapter(nn.Module):
         return map_inputs(self._adapt, inputs)
 
     def _adapt(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5:  # a multi-crop group (B, N, C, H, W)
+            return self._adapt(x.flatten(0, 1)).unflatten(0, x.shape[:2])
         if self.renormalize:
             x = x * self.scale + self.shift
         if self.size is not None and tuple(x.shape[-2:]) != self.size:

@@ -20,6 +20,7 @@ from kdforge.distill.adapters import register_token_layout
 from kdforge.distill.losses.base import DistillTerm, Outputs
 from kdforge.distill.schedule import EpochSettings
 from kdforge.errors import ConfigError
+from kdforge.models.multicrop import global_crops
 from kdforge.models.taps import TAP_PREFIX
 
 DEFAULT_TEACHER = "teacher"
@@ -198,7 +199,7 @@ class Distiller(nn.Module):
         result = {}
         for name in names:
             with self.time_section("teacher"), torch.inference_mode():
-                outputs = self.teachers[name](self.teacher_inputs[name](batch["input"]))
+                outputs = self.teachers[name](self.teacher_inputs[name](global_crops(batch["input"])))
             # Inference tensors cannot be saved for backward; a clone makes them ordinary constants.
             result[name] = {k: v.clone() for k, v in outputs.items()}
         return result

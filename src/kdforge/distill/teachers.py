@@ -63,7 +63,8 @@ class TeacherRunner(nn.Module):
 
     def _prepared(self, x: torch.Tensor, home: torch.device) -> torch.Tensor:
         """One input tensor on the teacher's device, dtype and memory format."""
-        x = _moved(x, self.device if self.pinned else home, self.dtype or x.dtype)
+        dtype = self.dtype if self.dtype is not None and x.is_floating_point() else x.dtype  # ids, masks keep theirs
+        x = _moved(x, self.device if self.pinned else home, dtype)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -118,19 +118,27 @@ def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(gathered)
 
 
-def gather_varying_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Every process's rows of `tensor`, concatenated in rank order; the row counts may differ (an uneven
-    val split), the trailing shape may not."""
+def gather_varying_rows(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """Every process's rows of `tensor`, concatenated in rank order. Row counts may differ (an uneven val
+    split) and a process may have none (None): every process must call this, since it is a collective."""
     world = current_world()
     if not world.distributed:
         return tensor
-    home, local = tensor.device, tensor.to(collective_device())
-    counts = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(world.size)]
-    dist.all_gather(counts, torch.tensor([len(local)], device=local.device))
-    longest = max(int(c) for c in counts)
-    padded = torch.cat([local, local.new_zeros(longest - len(local), *local.shape[1:])])
+    meta = None if tensor is None else (len(tensor), tuple(tensor.shape[1:]), tensor.dtype)
+    metas: list[Any] = [None] * world.size
+    dist.all_gather_object(metas, meta)
+    known = [m for m in metas if m is not None]
+    if not known:
+        return None
+    _, shape, dtype = known[0]
+    device = collective_device()
+    local = tensor.to(device) if tensor is not None else torch.empty(0, *shape, dtype=dtype, device=device)
+    counts = [m[0] if m is not None else 0 for m in metas]
+    longest = max(counts)
+    padded = torch.cat([local, local.new_zeros(longest - len(local), *shape)])
     (parts,) = gather_rows(padded)
-    return torch.cat([chunk[: int(n)] for chunk, n in zip(parts.split(longest), counts, strict=True)]).to(home)
+    rows = torch.cat([chunk[:n] for chunk, n in zip(parts.split(longest), counts, strict=True)])
+    return rows.to(tensor.device) if tensor is not None else rows
 
 
 def wrap(distiller: nn.Module, device: torch.device) -> nn.Module:

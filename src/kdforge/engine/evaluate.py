@@ -65,7 +65,7 @@ def evaluate(
         metrics.update(outputs, batch)
     model.train(was_training)
     sum_attributes(metrics, metrics.sums)  # under torchrun each process saw its share of the val set
-    for name in metrics.rows:
-        rows = getattr(metrics, name)
-        setattr(metrics, name, [gather_varying_rows(torch.cat(rows))] if rows else rows)
+    for name in metrics.rows:  # every process joins each gather, also one without val rows
+        rows = gather_varying_rows(torch.cat(getattr(metrics, name)) if getattr(metrics, name) else None)
+        setattr(metrics, name, [rows] if rows is not None else [])
     return metrics.compute()

@@ -109,31 +109,41 @@ def build_model(spec: ModelSpec, num_classes: int | None = None, role: str = "mo
         model = factory(spec.name, kwargs)
     except (TypeError, ValueError, RuntimeError, AssertionError) as exc:  # the library's own check of its arguments
         raise KDForgeError(f"cannot build {role} {spec.name!r} from {spec.source} with {kwargs}: {exc}") from exc
+    removed_head: tuple[str, ...] = ()
     if headless and spec.source == "torchvision":
-        _drop_linear_head(model, role)
+        removed_head = (_drop_linear_head(model, role),)
+    elif classes == 0 and spec.source == "timm":
+        removed_head = _timm_classifier(model)
     if spec.checkpoint:
-        trust, headless = spec.trust_checkpoint, classes == 0
-        load_weights(model, spec.checkpoint, key=spec.checkpoint_key, trust=trust, role=role, headless=headless)
+        trust, key = spec.trust_checkpoint, spec.checkpoint_key
+        load_weights(model, spec.checkpoint, key=key, trust=trust, role=role, removed_head=removed_head)
     return model
 
 
 _HEADS = ("fc", "head", "heads", "classifier")  # where torchvision keeps a classifier
 
 
-def _drop_linear_head(model: nn.Module, role: str) -> None:
-    """Replace a torchvision classifier's last linear layer with identity, so the model returns its embedding."""
+def _drop_linear_head(model: nn.Module, role: str) -> str:
+    """Replace a torchvision classifier's last linear layer with identity, so the model returns its embedding;
+    returns the replaced module's name."""
     for name in _HEADS:
         head = getattr(model, name, None)
         if isinstance(head, nn.Linear):
             setattr(model, name, nn.Identity())
-            return
+            return name
         if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
             head[-1] = nn.Identity()
-            return
+            return f"{name}.{len(head) - 1}"
     raise KDForgeError(
         f"cannot find the classifier of {role} {type(model).__name__} (looked for a linear {'/'.join(_HEADS)}) to "
         "return its embedding; use a timm model or an import factory that returns the pooled features."
     )
+
+
+def _timm_classifier(model: nn.Module) -> tuple[str, ...]:
+    """The module name(s) of a timm model's classifier (``fc``, ``head.fc``; two for distilled DeiT)."""
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    return (classifier,) if isinstance(classifier, str) else tuple(classifier)
 
 
 def forward_adapter(spec: ModelSpec) -> ForwardAdapter | None:

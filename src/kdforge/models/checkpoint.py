@@ -98,14 +98,14 @@ def load_weights(
     key: str | None = None,
     trust: bool = False,
     role: str = "model",
-    headless: bool = False,
+    removed_head: tuple[str, ...] = (),
 ) -> None:
-    """Load `path` into `model` after checking that every key and shape fits. A `headless` model (a backbone
-    built without its classifier) skips the checkpoint's keys it has no place for: the classifier's."""
+    """Load `path` into `model` after checking that every key and shape fits. A backbone built without its
+    classifier skips the checkpoint's keys under `removed_head` (module names, e.g. ``fc``); any other key that
+    does not fit is still an error."""
     state = read_state_dict(path, key, trust)
-    if headless:
-        expected = model.state_dict()
-        state = {k: v for k, v in state.items() if k in expected}
+    if removed_head:
+        state = {k: v for k, v in state.items() if not any(k.startswith(f"{head}.") for head in removed_head)}
     check_state_dict(model, state, f"{role} checkpoint {str(path)!r}")
     model.load_state_dict(state, strict=True)
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from kdforge.data.inputs import Inputs
+from kdforge.errors import ConfigError
 from kdforge.models.taps import TAP_PREFIX, TappedModel
 
 Outputs = dict[str, torch.Tensor]
@@ -25,6 +26,12 @@ Outputs = dict[str, torch.Tensor]
 
 def is_multicrop(inputs: Inputs) -> bool:
     return isinstance(inputs, Mapping) and "global" in inputs and isinstance(inputs["global"], torch.Tensor)
+
+
+def global_crops(inputs: Inputs) -> Inputs:
+    """What a teacher reads of a batch: the global crops of a multi-crop input, else the input itself (the
+    local crops are never resized, moved or run for it)."""
+    return {"global": inputs["global"]} if is_multicrop(inputs) else inputs
 
 
 class MultiCropModel(TappedModel):
@@ -43,16 +50,24 @@ class MultiCropModel(TappedModel):
             return super().forward(inputs)
         outputs = self._group(inputs["global"])
         if self.with_locals and "local" in inputs:
-            local = self._group(inputs["local"])
+            local = self._group(inputs["local"], "local")
             for key, value in outputs.items():
-                if not key.startswith(TAP_PREFIX):
+                # Embeddings gain the local crops; taps and size-dependent outputs keep the global crops only.
+                if not key.startswith(TAP_PREFIX) and local[key].shape[2:] == value.shape[2:]:
                     outputs[key] = torch.cat([value, local[key]], dim=1)
         return outputs
 
-    def _group(self, crops: torch.Tensor) -> Outputs:
+    def _group(self, crops: torch.Tensor, name: str = "global") -> Outputs:
         """One crop group (B, N, C, H, W) through the network as B*N images; outputs (B, N, ...)."""
         b, n = crops.shape[:2]
-        return {k: v.unflatten(0, (b, n)) for k, v in super().forward(crops.flatten(0, 1)).items()}
+        try:
+            outputs = super().forward(crops.flatten(0, 1))
+        except (AssertionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(
+                f"the model cannot read the {name} crops ({tuple(crops.shape[2:])}): {exc}. For a timm ViT set "
+                "kwargs.dynamic_img_size: true; or change data.multicrop (local_size, use_local_crops: false)."
+            ) from exc
+        return {k: v.unflatten(0, (b, n)) for k, v in outputs.items()}
 
 
 def pair_crops(student: Outputs, teacher: Outputs) -> tuple[Outputs, Outputs]:

@@ -1,7 +1,9 @@
 """The compression report of a config's teacher/student pair: what distillation saves before any training.
 
-Each model is built from the config (no dataset is read) and measured by `kdforge.report.profile.model_profile`
-at the input size it reads, so the ratios say what replacing the teacher(s) with the student buys at deployment.
+Each model is built from the config and measured by `kdforge.report.profile.model_profile` at the input size it
+reads (no dataset is read), or, for an ``import`` dataset (whose inputs may be anything: a dict of sensors, a
+1-D signal), on the first val sample; the ratios say what replacing the teacher(s) with the student buys at
+deployment.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from rich.table import Table
 
 from kdforge.config import DataConfig, ModelSpec, RunConfig
 from kdforge.errors import KDForgeError
-from kdforge.models.build import build_model
-from kdforge.report.profile import input_shape, model_profile, shape_text
+from kdforge.models.build import build_model, forward_adapter
+from kdforge.report.profile import example_input, input_shape, model_profile, shape_text
 from kdforge.report.summary import format_params, short_name
+from kdforge.tasks.base import TASKS
 
 RATIOS = {"compression": "params", "size_ratio": "size_bytes", "macs_ratio": "macs", "speedup": "latency_ms"}
 
@@ -37,9 +40,11 @@ def compression_report(config: RunConfig, input_size: int | None = None, runs: i
     """
     if runs < 1:
         raise KDForgeError(f"runs must be at least 1 to time the CPU latency (got {runs}).")
-    student = _profile(config.student, config.data, input_size, runs, "student")
+    example = _data_example(config) if input_size is None else None
+    classes = 0 if TASKS.get(config.task).embeds_only else config.data.num_classes
+    student = _profile(config.student, config.data, input_size, runs, "student", classes, example)
     teachers = {
-        name: _profile(spec, config.data, input_size, runs, f"teacher {name!r}")
+        name: _profile(spec, config.data, input_size, runs, f"teacher {name!r}", classes, example)
         for name, spec in config.teacher_specs().items()
     }
     report: dict[str, Any] = {"student": student, "teachers": teachers}
@@ -49,9 +54,22 @@ def compression_report(config: RunConfig, input_size: int | None = None, runs: i
     return report
 
 
-def _profile(spec: ModelSpec, data: DataConfig, input_size: int | None, runs: int, role: str) -> dict[str, Any]:
-    model = build_model(spec, data.num_classes, role=role)
-    return {"name": spec.name, "source": spec.source, **model_profile(model, input_shape(spec, data, input_size), runs)}
+def _data_example(config: RunConfig) -> Any:
+    """The first val sample's input of an ``import`` dataset (the one kind whose inputs need not be images)."""
+    if config.data.dataset != "import":
+        return None
+    from kdforge.data.datasets import build_dataset
+
+    return example_input(build_dataset(config.data, "val")[0])
+
+
+def _profile(
+    spec: ModelSpec, data: DataConfig, input_size: int | None, runs: int, role: str, classes: int | None, example: Any
+) -> dict[str, Any]:
+    model = build_model(spec, classes, role=role)
+    measured = example if example is not None else input_shape(spec, data, input_size)
+    profile = model_profile(model, measured, runs, adapter=forward_adapter(spec))
+    return {"name": spec.name, "source": spec.source, **profile}
 
 
 def print_compression(report: dict[str, Any], console: Console | None = None) -> None:

@@ -91,7 +91,8 @@ def model_profile(
 
 def _as_measured(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """A float32 CPU input, channels-last for a channels-last model (measured as it runs: train.channels_last)."""
-    x = x.detach().cpu().float()
+    x = x.detach().cpu()
+    x = x.float() if x.is_floating_point() else x  # ids and masks keep their integer type
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 

@@ -73,7 +73,6 @@ class KNNEvalSet(Dataset):
     def __init__(self, memory: Dataset | None, val: Dataset) -> None:
         self.memory, self.val = memory, val
         self.offset = len(memory) if memory is not None else 0
-        self.targets = [*(_targets(memory) if memory is not None else []), *_targets(val)]
 
     def __len__(self) -> int:
         return self.offset + len(self.val)
@@ -82,12 +81,6 @@ class KNNEvalSet(Dataset):
         if index < self.offset:
             return {**self.memory[index], "memory": True}
         return {**self.val[index - self.offset], "memory": self.memory is None}
-
-
-def _targets(dataset: Dataset) -> list[int]:
-    if isinstance(dataset, Subset):
-        return [dataset.dataset.targets[i] for i in dataset.indices]
-    return list(dataset.targets)
 
 
 class KNNMetrics(Metrics):

@@ -10,11 +10,14 @@ import torch.multiprocessing as mp
 
 from kdforge.engine.distributed import gather_varying_rows
 
-ROWS = (3, 1, 0)  # rank 0 has 3 rows, rank 1 one (an uneven val split), rank 2 none
+ROWS = (3, 1, 0, None)  # rank 0 has 3 rows, rank 1 one (an uneven val split), rank 2 none, rank 3 no tensor at all
 
 
-def _share(rank: int) -> torch.Tensor:
-    """Rank `rank`'s rows, (ROWS[rank], 2): row r of rank k is [10k + r, -(10k + r)]."""
+def _share(rank: int) -> torch.Tensor | None:
+    """Rank `rank`'s rows, (ROWS[rank], 2): row r of rank k is [10k + r, -(10k + r)]; None for a process that
+    evaluated no batch (it still joins the gather)."""
+    if ROWS[rank] is None:
+        return None
     values = torch.arange(ROWS[rank], dtype=torch.float64) + 10 * rank
     return torch.stack([values, -values], dim=1)
 

@@ -110,3 +110,11 @@ def test_tapped_model_crops_pick_the_wrapper() -> None:
     assert isinstance(every, MultiCropModel) and every.with_locals
     assert isinstance(globals_only, MultiCropModel) and not globals_only.with_locals
     assert type(plain) is TappedModel and plain.adapter is swap_adapter and every.adapter is swap_adapter
+
+
+def test_headless_loading_skips_only_the_classifier_keys(tmp_path: Path) -> None:
+    """A deeper model's checkpoint holds every key of the shallower one (same shapes) and more: it stays an error;
+    only keys under the removed classifier are skipped."""
+    _, path = _classifier_checkpoint(ModelSpec(source="torchvision", name="resnet34"), tmp_path)
+    with pytest.raises(KDForgeError, match="unexpected keys: layer1.2"):
+        build_model(ModelSpec(source="torchvision", name="resnet18", checkpoint=path), num_classes=0)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from torch import nn
 from torch.testing import assert_close
 
-from kdforge.models.multicrop import MultiCropModel, is_multicrop, pair_crops
+from kdforge.errors import ConfigError
+from kdforge.models.multicrop import MultiCropModel, global_crops, is_multicrop, pair_crops
 from kdforge.models.taps import TappedModel
 
 B, G, L, C, D = 2, 2, 3, 3, 5  # batch, global crops, local crops, channels, output width
@@ -122,3 +124,25 @@ def test_model_outputs_pair_with_a_global_only_teacher(with_locals: bool) -> Non
     assert paired_student["logits"].shape == paired_teacher["logits"].shape == (B * views, D)
     assert paired_student["feat:conv"].shape == paired_teacher["feat:conv"].shape == (B * G, 4, 8, 8)
     assert_close(paired_student["logits"][:G], paired_teacher["logits"][:G])  # same net, same global crops
+
+
+def test_a_fixed_size_vit_on_smaller_local_crops_names_the_fix() -> None:
+    net = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=0)
+    model = MultiCropModel(net, {}, lambda out: {"embedding": out})
+    crops = {"global": torch.randn(1, 2, 3, 32, 32), "local": torch.randn(1, 2, 3, 16, 16)}
+    with pytest.raises(ConfigError, match="local crops.*dynamic_img_size"):
+        model(crops)
+
+
+def test_global_crops_is_what_a_teacher_reads() -> None:
+    crops = {"global": torch.zeros(1, 2, 3, 4, 4), "local": torch.zeros(1, 3, 3, 2, 2)}
+    assert set(global_crops(crops)) == {"global"}
+    plain = torch.zeros(2, 3)
+    assert global_crops(plain) is plain
+
+
+def test_outputs_whose_shape_depends_on_the_crop_size_keep_the_global_crops() -> None:
+    model = MultiCropModel(nn.Identity(), {}, lambda out: {"embedding": out.mean((1, 2, 3))[:, None], "map": out})
+    crops = {"global": torch.randn(2, 2, 1, 4, 4), "local": torch.randn(2, 3, 1, 2, 2)}
+    outputs = model(crops)
+    assert outputs["embedding"].shape == (2, 5, 1) and outputs["map"].shape == (2, 2, 1, 4, 4)

@@ -78,3 +78,19 @@ def test_example_input_of_dict_samples_adds_a_batch_axis() -> None:
 def test_example_input_of_tensor_samples() -> None:
     samples = [{"input": torch.ones(3, 4, 4), "target": 0}]
     assert example_input(samples).shape == (1, 3, 4, 4)
+
+
+class _Tokens(nn.Module):
+    """An embedding-table model: its ``ids`` input must stay integer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(10, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids).mean(1)
+
+
+def test_integer_inputs_keep_their_type() -> None:
+    profile = model_profile(_Tokens(), {"ids": torch.tensor([[1, 2, 3]])}, runs=1)
+    assert profile["input_shape"] == {"ids": [3]} and profile["params"] == 40

@@ -283,7 +283,7 @@ class _Items(Dataset):
 
 def test_eval_set_puts_memory_before_val() -> None:
     items = KNNEvalSet(_Items("train", [0, 1, 2]), _Items("val", [2, 0]))
-    assert len(items) == 5 and items.targets == [0, 1, 2, 2, 0]
+    assert len(items) == 5
     read = [items[i] for i in range(5)]
     assert [(r["source"], r["target"], r["memory"]) for r in read] == [
         ("train", 0, True),
@@ -296,9 +296,9 @@ def test_eval_set_puts_memory_before_val() -> None:
 
 def test_eval_set_with_a_subset_memory_and_without_memory() -> None:
     items = KNNEvalSet(Subset(_Items("train", [0, 1, 2, 3]), [1, 3]), _Items("val", [5]))
-    assert items.targets == [1, 3, 5] and items[1]["target"] == 3 and not items[2]["memory"]
+    assert [items[i]["target"] for i in range(3)] == [1, 3, 5] and not items[2]["memory"]
     val_only = KNNEvalSet(None, _Items("val", [4, 5]))
-    assert len(val_only) == 2 and val_only.targets == [4, 5]
+    assert len(val_only) == 2 and [val_only[i]["target"] for i in range(2)] == [4, 5]
     assert [val_only[i]["memory"] for i in range(2)] == [True, True]  # leave-one-out: val is the memory
 
 
@@ -342,3 +342,19 @@ def test_linear_fitness_needs_the_linear_probe() -> None:
         validate_config({**raw, "features": {"fitness": "linear"}})
     accepted = validate_config({**raw, "features": {"fitness": "linear", "linear_probe": True}})
     assert accepted.features.fitness == "linear"
+
+
+def test_crd_with_multicrop_is_refused() -> None:
+    """CRD keeps one memory row per sample; multi-crop gives several rows per sample."""
+    crd = {"loss": "crd", "student": "embedding", "teacher": "embedding"}
+    raw = {"task": "features", "teacher": TEACHER, "student": TEACHER, "distill": {"terms": [crd]}}
+    with pytest.raises(ConfigError, match="crd keeps one memory row per sample"):
+        validate_config({**raw, "data": {"multicrop": {}}})
+    assert validate_config(raw).distill.terms[0].loss == "crd"  # without multi-crop CRD is fine
+
+
+@pytest.mark.parametrize("head", [{"num_classes": 10}, {"kwargs": {"num_classes": 10}}])
+def test_a_classifier_head_in_a_features_run_is_refused(head: dict) -> None:
+    student = {**TEACHER, **head}
+    with pytest.raises(ConfigError, match="student sets num_classes=10"):
+        validate_config({"task": "features", "teacher": TEACHER, "student": student, "distill": {"terms": TERMS}})
