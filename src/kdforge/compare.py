@@ -14,7 +14,8 @@ from kdforge.atomic import atomic_write
 from kdforge.config import RunConfig, validate_config
 from kdforge.errors import ConfigError
 from kdforge.pipeline import RunResult, train
-from kdforge.report.html import read_records, write_report
+from kdforge.report.html import write_report
+from kdforge.report.runs import read_records
 from kdforge.runtime import run_base
 
 

@@ -12,7 +12,7 @@ import yaml
 import kdforge.detection  # noqa: F401  (offline settings before ultralytics is imported)
 from kdforge.cli import main
 from kdforge.data.shapes import write_detection_shapes
-from kdforge.report.html import read_records
+from kdforge.report.runs import read_records
 
 pytestmark = pytest.mark.skipif(find_spec("ultralytics") is None, reason="needs the yolo extra (ultralytics)")
 

@@ -86,7 +86,7 @@ def _teacher_metrics(
 
 def _logged_teacher(run_dir: Path) -> dict[str, float]:
     """A resumed run keeps the teacher metrics its first part logged."""
-    from kdforge.report.html import read_records
+    from kdforge.report.runs import read_records
 
     for record in read_records(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []:
         if record.get("kind") == "teacher":

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from kdforge.errors import KDForgeError
-from kdforge.report.html import ReportError, run_names, write_report
+from kdforge.report.html import write_report
+from kdforge.report.runs import ReportError, run_names
 
 SVG = "{http://www.w3.org/2000/svg}"
 CNN = "kdforge.models.zoo:cnn"
