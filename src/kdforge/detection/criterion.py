@@ -59,7 +59,7 @@ class DistillationCriterion:
         head = detect_head(student, "student")
         self.stride, self.reg_max = head.stride, (head.reg_max, detect_head(teacher, "teacher").reg_max)
         self.parts = KD_PARTS if projectors is not None else KD_PARTS[:2]
-        self._anchors: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._anchors: tuple[tuple, torch.Tensor] | None = None
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         detection, items = self.detection(preds, batch)
@@ -80,26 +80,24 @@ class DistillationCriterion:
         """Unweighted distillation losses of one training batch (the teacher sees the student's exact images)."""
         teacher, teacher_feats = head_outputs(teacher_forward(self.teacher, images), self.reg_max[1])
         student, student_feats = head_outputs(preds, self.reg_max[0])
-        anchors, strides = self.anchors(student_feats)
+        anchors = self.anchors(student_feats)
         parts: dict[str, torch.Tensor] = {}
         if self.cfg.lambda_distillation > 0:
-            top = teacher_topk(teacher, anchors, strides, resolve_topk(self.cfg.topk, anchors.shape[0]))
-            parts["kd_ciou"], parts["kd_kl"] = response_losses(
-                student, top, anchors, strides, self.cfg.temperature, self.cfg.kl
-            )
+            top = teacher_topk(teacher, anchors, resolve_topk(self.cfg.topk, anchors.shape[0]))
+            parts["kd_ciou"], parts["kd_kl"] = response_losses(student, top, anchors, self.cfg.temperature, self.cfg.kl)
         else:
             parts["kd_ciou"] = parts["kd_kl"] = torch.zeros((), device=images.device)
         if self.projectors is not None:
             parts["kd_feat"] = feature_loss(student_feats, teacher_feats, teacher.scores, self.projectors)
         return parts
 
-    def anchors(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anchor centres (A, 2) in grid units and strides (A, 1), cached per input size (multi-scale changes it)."""
-        key = tuple(f.shape[-2:] for f in feats)
+    def anchors(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Anchor centres (A, 2) in grid units, cached per input size and device (multi-scale changes the size)."""
+        key = (tuple(f.shape[-2:] for f in feats), feats[0].device)
         if self._anchors is None or self._anchors[0] != key:
-            points, strides = make_anchors(feats, self.stride.to(feats[0].device), 0.5)
-            self._anchors = (key, points, strides)
-        return self._anchors[1], self._anchors[2]
+            points, _ = make_anchors(feats, self.stride.to(feats[0].device), 0.5)
+            self._anchors = (key, points)
+        return self._anchors[1]
 
     def _zeros(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: torch.zeros((), device=like.device) for name in self.parts}

@@ -6,6 +6,10 @@ Shapes follow Ultralytics' raw head outputs: ``boxes`` (B, 4 * reg_max, A) dista
 Top-K response KD: the teacher's K most confident anchors per image (confidence = max class sigmoid) are
 distilled, with the same anchor indices gathered from the student, so the student learns where the teacher
 sees objects and what it sees there, not the near-zero background that dominates the other anchors.
+
+Precision: the response terms run in float32 with autocast off. They read only B x K anchors (cheap), and in
+fp16 a CIoU of pixel-sized boxes overflows (an area above 65504 px^2 is inf, and inf / inf is NaN). Boxes are
+also compared in grid units, not pixels: both boxes at an anchor share its stride and CIoU is scale-invariant.
 """
 
 from __future__ import annotations
@@ -39,22 +43,24 @@ def gather_anchors(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(2, index.unsqueeze(1).expand(-1, x.shape[1], -1)).transpose(1, 2)
 
 
-def decode_boxes(dist: torch.Tensor, anchors: torch.Tensor, strides: torch.Tensor, reg_max: int) -> torch.Tensor:
-    """Pixel xyxy boxes (B, K, 4) from distance logits (B, K, 4 * reg_max) at anchor centres (B, K, 2) in grid
-    units and their strides (B, K, 1); the expectation over ``reg_max`` bins as Ultralytics' DFL decodes."""
+def decode_boxes(dist: torch.Tensor, anchors: torch.Tensor, reg_max: int) -> torch.Tensor:
+    """xyxy boxes (B, K, 4) in grid units (pixels / the anchor's stride) from distance logits (B, K, 4 * reg_max)
+    at anchor centres (B, K, 2) in grid units; the expectation over ``reg_max`` bins as Ultralytics' DFL decodes.
+    Not scaled to pixels: CIoU is scale-invariant, and grid units keep the products small (see the module note)."""
     if reg_max > 1:
         bins = torch.arange(reg_max, dtype=dist.dtype, device=dist.device)
         dist = dist.view(*dist.shape[:-1], 4, reg_max).softmax(-1) @ bins  # (B, K, 4) ltrb
     left_top, right_bottom = dist.chunk(2, dim=-1)
-    return torch.cat((anchors - left_top, anchors + right_bottom), dim=-1) * strides
+    return torch.cat((anchors - left_top, anchors + right_bottom), dim=-1)
 
 
 def ciou(box1: torch.Tensor, box2: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """Complete IoU of xyxy boxes (..., 4), elementwise (Zheng et al., AAAI 2020):
     ``IoU - rho^2 / c^2 - alpha * v``, ``v = 4 / pi^2 (atan(w2/h2) - atan(w1/h1))^2``, ``alpha = v / (v - IoU + 1)``
     (alpha a constant in the gradient, as Ultralytics' bbox_iou); rho: centre distance, c: enclosing diagonal.
+    Computed in float32 whatever the inputs: areas and squared distances overflow fp16 for boxes over 256 px.
     """
-    (x1, y1, x2, y2), (u1, v1, u2, v2) = box1.unbind(-1), box2.unbind(-1)
+    (x1, y1, x2, y2), (u1, v1, u2, v2) = box1.float().unbind(-1), box2.float().unbind(-1)
     w1, h1, w2, h2 = x2 - x1, y2 - y1 + eps, u2 - u1, v2 - v1 + eps
     inter = (torch.minimum(x2, u2) - torch.maximum(x1, u1)).clamp(min=0) * (
         torch.minimum(y2, v2) - torch.maximum(y1, v1)
@@ -80,7 +86,7 @@ def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     ``softmax``: p = softmax(z / T) over the classes. ``sigmoid``: each class is its own Bernoulli sigmoid(z / T)
     (the head is trained with BCE), the KLs summed over the classes.
     """
-    s, t = student_logits / temperature, teacher_logits / temperature
+    s, t = student_logits.float() / temperature, teacher_logits.float() / temperature
     if mode == "softmax":
         per_anchor = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1)
     elif mode == "sigmoid":
@@ -106,26 +112,32 @@ class TopK:
     """The teacher's side of Top-K response KD, gathered once per batch (small: B x K)."""
 
     index: torch.Tensor  # (B, K)
-    boxes: torch.Tensor  # (B, K, 4) pixel xyxy
-    logits: torch.Tensor  # (B, K, nc)
+    boxes: torch.Tensor  # (B, K, 4) xyxy, grid units, float32
+    logits: torch.Tensor  # (B, K, nc) float32
 
 
-def teacher_topk(teacher: HeadOutputs, anchors: torch.Tensor, strides: torch.Tensor, k: int) -> TopK:
-    """Select and decode the teacher's Top-K anchors; anchors (A, 2) grid units, strides (A, 1)."""
+def teacher_topk(teacher: HeadOutputs, anchors: torch.Tensor, k: int) -> TopK:
+    """Select and decode the teacher's Top-K anchors (float32); anchors (A, 2) in grid units."""
     index = topk_anchors(teacher.scores, k)
-    boxes = decode_boxes(gather_anchors(teacher.boxes, index), anchors[index], strides[index], teacher.reg_max)
-    return TopK(index, boxes, gather_anchors(teacher.scores, index))
+    with _full_precision(teacher.boxes):
+        boxes = decode_boxes(gather_anchors(teacher.boxes, index).float(), anchors[index].float(), teacher.reg_max)
+        return TopK(index, boxes, gather_anchors(teacher.scores, index).float())
 
 
 def response_losses(
-    student: HeadOutputs, top: TopK, anchors: torch.Tensor, strides: torch.Tensor, temperature: float, kl_mode: str
+    student: HeadOutputs, top: TopK, anchors: torch.Tensor, temperature: float, kl_mode: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(CIoU loss, KL loss) of the student at the teacher's Top-K anchors."""
-    boxes = decode_boxes(
-        gather_anchors(student.boxes, top.index), anchors[top.index], strides[top.index], student.reg_max
-    )
-    logits = gather_anchors(student.scores, top.index)
-    return ciou_loss(boxes, top.boxes), kl_loss(logits, top.logits, temperature, kl_mode)
+    """(CIoU loss, KL loss) of the student at the teacher's Top-K anchors, in float32 with autocast off."""
+    with _full_precision(student.boxes):
+        dist = gather_anchors(student.boxes, top.index).float()  # (B, K, 4 * reg_max)
+        boxes = decode_boxes(dist, anchors[top.index].float(), student.reg_max)
+        logits = gather_anchors(student.scores, top.index).float()  # (B, K, nc)
+        return ciou_loss(boxes, top.boxes), kl_loss(logits, top.logits, temperature, kl_mode)
+
+
+def _full_precision(like: torch.Tensor) -> torch.autocast:
+    """Autocast off on `like`'s device: the small B x K terms stay float32 inside an AMP step."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
 
 
 def score_weighted_mse(student: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

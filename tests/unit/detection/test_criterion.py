@@ -78,6 +78,26 @@ def test_the_loss_is_weighted_detection_plus_distillation_and_eval_reads_zero() 
 
 
 @needs_ultralytics
+@pytest.mark.parametrize("part", ["kd_ciou", "kd_kl"])
+def test_each_distillation_term_sends_gradient_to_the_students_head(part: str) -> None:
+    from kdforge.detection.criterion import DistillationCriterion
+
+    student, teacher = _models()
+    with torch.no_grad():  # a teacher that differs from the student, so every term is non-zero
+        for param in teacher.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    criterion = DistillationCriterion(student, teacher, DetectDistillConfig(topk=0.1, kl="sigmoid"), None)
+    student.train()
+    images = _batch()["img"]
+    criterion.distill_parts(student(images), images)[part].backward()
+    head = student.model[-1]
+    branch = head.cv2 if part == "kd_ciou" else head.cv3  # box branch for CIoU, class branch for KL
+    grads = [p.grad for p in branch.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+@needs_ultralytics
 def test_feature_projectors_map_student_to_teacher_channels() -> None:
     from ultralytics.nn.tasks import DetectionModel
 

@@ -52,8 +52,36 @@ def test_decode_boxes_takes_the_expected_distance_per_side() -> None:
     logits = torch.full((1, 1, 4, reg_max), -1e4)
     for side, bin_ in enumerate((1, 2, 3, 0)):
         logits[0, 0, side, bin_] = 0.0
-    boxes = decode_boxes(logits.view(1, 1, -1), torch.tensor([[[5.5, 5.5]]]), torch.tensor([[[8.0]]]), reg_max)
-    assert boxes.squeeze().tolist() == pytest.approx([(5.5 - 1) * 8, (5.5 - 2) * 8, (5.5 + 3) * 8, 5.5 * 8])
+    boxes = decode_boxes(logits.view(1, 1, -1), torch.tensor([[[5.5, 5.5]]]), reg_max)
+    assert boxes.squeeze().tolist() == pytest.approx([5.5 - 1, 5.5 - 2, 5.5 + 3, 5.5])  # grid units, not pixels
+
+
+def test_ciou_of_large_boxes_in_fp16_is_finite_and_equals_fp32() -> None:
+    # 400 x 400 px: the area (160000) is inf in fp16 (max 65504); computed as is, inf / inf gives NaN under AMP.
+    a, b = torch.tensor([[0.0, 0.0, 400.0, 400.0]]), torch.tensor([[10.0, 10.0, 410.0, 410.0]])
+    half = ciou(a.half(), b.half())
+    assert torch.isfinite(half).all() and half.dtype == torch.float32
+    assert half.item() == pytest.approx(ciou(a, b).item(), abs=1e-6)
+    assert half.item() == pytest.approx(_hand_ciou(a[0].tolist(), b[0].tolist()), abs=1e-6)
+
+
+def test_ciou_is_scale_invariant_so_grid_units_give_the_pixel_value() -> None:
+    a, b = torch.tensor([1.0, 2.0, 5.0, 4.5]), torch.tensor([1.5, 1.0, 6.0, 5.0])
+    assert ciou(a * 32, b * 32).item() == pytest.approx(ciou(a, b).item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_response_losses_under_autocast_are_float32_and_match(dtype: torch.dtype) -> None:
+    teacher, student = _outputs(0, anchors=20), _outputs(1, anchors=20)
+    anchors = _anchor_grid()[0] * 16  # far-out anchors (a 640 px image at stride 8 is 80 cells wide)
+    low = [HeadOutputs(o.boxes.to(dtype) * 4, o.scores.to(dtype), 4) for o in (teacher, student)]
+    with torch.autocast("cpu", dtype=dtype):
+        got = response_losses(low[1], teacher_topk(low[0], anchors, 5), anchors, 2.0, "sigmoid")
+    full = [HeadOutputs(o.boxes.float(), o.scores.float(), 4) for o in low]
+    want = response_losses(full[1], teacher_topk(full[0], anchors, 5), anchors, 2.0, "sigmoid")
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float32 and torch.isfinite(g)
+        assert g.item() == pytest.approx(w.item(), rel=1e-5)
 
 
 def _hand_ciou(a: list[float], b: list[float], eps: float = 1e-7) -> float:
@@ -110,38 +138,35 @@ def _outputs(seed: int, batch: int = 2, nc: int = 3, anchors: int = 20, reg_max:
     return HeadOutputs(boxes, torch.randn(batch, nc, anchors, generator=gen), reg_max)
 
 
-def _anchor_grid(anchors: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-    points = torch.stack([torch.arange(anchors) % 5 + 0.5, torch.arange(anchors) // 5 + 0.5], 1).float()
-    return points, torch.full((anchors, 1), 8.0)
+def _anchor_grid(anchors: int = 20) -> tuple[torch.Tensor]:
+    return (torch.stack([torch.arange(anchors) % 5 + 0.5, torch.arange(anchors) // 5 + 0.5], 1).float(),)
 
 
 def test_response_losses_are_zero_when_the_student_outputs_equal_the_teachers() -> None:
     teacher = _outputs(0)
-    anchors, strides = _anchor_grid()
-    top = teacher_topk(teacher, anchors, strides, k=5)
+    (anchors,) = _anchor_grid()
+    top = teacher_topk(teacher, anchors, k=5)
     student = HeadOutputs(teacher.boxes.clone().requires_grad_(), teacher.scores.clone().requires_grad_(), 4)
-    ciou_part, kl_part = response_losses(student, top, anchors, strides, 2.0, "softmax")
+    ciou_part, kl_part = response_losses(student, top, anchors, 2.0, "softmax")
     assert ciou_part.item() == pytest.approx(0.0, abs=1e-6)
     assert kl_part.item() == pytest.approx(0.0, abs=1e-7)
-    assert response_losses(student, top, anchors, strides, 2.0, "sigmoid")[1].item() == pytest.approx(0.0, abs=1e-6)
+    assert response_losses(student, top, anchors, 2.0, "sigmoid")[1].item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_response_losses_read_only_the_teachers_topk_anchors() -> None:
     teacher, student = _outputs(0), _outputs(1)
-    anchors, strides = _anchor_grid()
-    top = teacher_topk(teacher, anchors, strides, k=4)
+    (anchors,) = _anchor_grid()
+    top = teacher_topk(teacher, anchors, k=4)
     boxes = student.boxes.clone().requires_grad_()
     scores = student.scores.clone().requires_grad_()
-    ciou_part, kl_part = response_losses(HeadOutputs(boxes, scores, 4), top, anchors, strides, 2.0, "softmax")
+    ciou_part, kl_part = response_losses(HeadOutputs(boxes, scores, 4), top, anchors, 2.0, "softmax")
     (ciou_part + kl_part).backward()
     touched = (boxes.grad.abs().sum(1) + scores.grad.abs().sum(1)) > 0  # (B, A)
     for image in range(2):
         assert set(touched[image].nonzero().flatten().tolist()) == set(top.index[image].tolist())
     # and they equal the hand-gathered computation
     idx = top.index
-    s_boxes = decode_boxes(
-        boxes.gather(2, idx[:, None].expand(-1, 16, -1)).transpose(1, 2), anchors[idx], strides[idx], 4
-    )
+    s_boxes = decode_boxes(boxes.gather(2, idx[:, None].expand(-1, 16, -1)).transpose(1, 2), anchors[idx], 4)
     assert ciou_part.item() == pytest.approx(ciou_loss(s_boxes, top.boxes).item(), rel=1e-6)
 
 
