@@ -1,11 +1,11 @@
 """Label-free feature distillation on the bundled digits, with multi-crop: what the student's embedding gains
 and what the teacher cache saves, in one process.
 
-1. A ViT teacher is trained as a classifier on the digits (image folders, 32 px), then used headless: its CLS
-   embedding and patch tokens are the targets.
+1. A ResNet-18 teacher is trained as a classifier on the digits (image folders, 32 px), then used headless: its
+   pooled embedding and its layer3 feature map are the targets.
 2. k-NN accuracy (weighted vote, k = 20, memory: the train split) of the teacher, of the student at its random
    initialisation, and of the student after label-free multi-crop distillation (2 global + 4 local crops,
-   cosine on the embedding and on the patch tokens as maps), with a live teacher and from the teacher cache.
+   cosine on the embedding and on the feature maps), with a live teacher and from the teacher cache.
 3. Speed: the live run and the cached run alternate for ``--rounds`` rounds (the cache is built once, before);
    the median per-round ratio of their training samples/s is reported.
 
@@ -30,7 +30,7 @@ from kdforge.engine.evaluate import evaluate
 from kdforge.models.build import build_model, tapped_model
 from kdforge.pipeline import build_cache, build_task, train
 
-TEACHER = {"source": "timm", "name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 4}}
+TEACHER = {"source": "timm", "name": "resnet18"}
 STUDENT = {"source": "timm", "name": "test_resnet"}
 QUIET = {"progress": False, "verbose": False, "report": False, "tensorboard": False, "diagnostics_every_steps": 0}
 
@@ -48,23 +48,25 @@ def teacher_config(root: Path, out: Path, epochs: int) -> RunConfig:
     )
 
 
-def features_config(root: Path, out: Path, checkpoint: Path, epochs: int, name: str, **extra: Any) -> RunConfig:
+def features_config(
+    root: Path, out: Path, checkpoint: Path, epochs: int, name: str, simple: bool, **extra: Any
+) -> RunConfig:
     return validate_config(
         {
             "task": "features",
-            "teacher": {**TEACHER, "checkpoint": str(checkpoint), "taps": {"tokens": "norm"}},
+            "teacher": {**TEACHER, "checkpoint": str(checkpoint), "taps": {"map": "layer3"}},
             "student": {**STUDENT, "taps": {"map": "layer3"}},
             "data": {
                 "root": str(root),
                 "image_size": 32,
                 "batch_size": 32,
                 "num_workers": 0,
-                "multicrop": {"global_crops": 2, "local_crops": 4, "local_size": 16},
+                "multicrop": {"global_crops": 2, "local_crops": 4, "local_size": 16, "simple": simple},
             },
             "distill": {
                 "terms": [
                     {"loss": "cosine", "student": "embedding", "teacher": "embedding"},
-                    {"loss": "cosine", "weight": 0.5, "student": "map", "teacher": "tokens", "tokens": "grid"},
+                    {"loss": "cosine", "weight": 0.5, "student": "map", "teacher": "map"},
                 ]
             },
             "train": {"epochs": epochs, "optimizer": {"name": "adamw", "lr": 2e-3}},
@@ -87,9 +89,12 @@ def initial_student_knn(config: RunConfig) -> float:
     return evaluate(net, loader, task, torch.device("cpu"))["val/knn_acc1"]
 
 
-def samples_per_s(run_dir: Path) -> float:
+def train_speed(run_dir: Path) -> dict[str, float]:
+    """Median samples/s and ms per step in each part (data, teacher, student, optimizer) over the train records."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(r["samples_per_s"] for r in records if r.get("kind") == "train")
+    train = [r for r in records if r.get("kind") == "train"]
+    keys = ["samples_per_s", *(f"time/{part}_ms" for part in ("data", "teacher", "student", "optimizer"))]
+    return {key: statistics.median(r[key] for r in train) for key in keys}
 
 
 def main() -> None:
@@ -99,6 +104,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--simple", action="store_true", help="multi-crop with crop and flip only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,27 +114,33 @@ def main() -> None:
         checkpoint = teacher.run_dir / "checkpoints" / "best.pt"
         print(f"teacher (supervised, {args.teacher_epochs} epochs): val/acc1 {teacher.best_metrics['val/acc1']:.2f}")
         cache = {"enabled": True, "dir": str(work / "cache"), "views": args.views}
-        cached_config = features_config(root, work / "runs", checkpoint, args.epochs, "cached", cache=cache)
+        common = (root, work / "runs", checkpoint, args.epochs)
+        cached_config = features_config(*common, "cached", args.simple, cache=cache)
         tic = time.perf_counter()
         build_cache(cached_config)
         print(f"cache build ({args.views} multi-crop views per image): {time.perf_counter() - tic:.1f} s")
-        live_config = features_config(root, work / "runs", checkpoint, args.epochs, "live")
-        speeds: dict[str, list[float]] = {"live": [], "cached": []}
+        live_config = features_config(*common, "live", args.simple)
+        speeds: dict[str, list[dict[str, float]]] = {"live": [], "cached": []}
         results = {}
         for _ in range(args.rounds):
             for name, config in (("live", live_config), ("cached", cached_config)):
                 result = train(config)
-                speeds[name].append(samples_per_s(result.run_dir))
+                speeds[name].append(train_speed(result.run_dir))
                 results[name] = result
-        ratios = [c / live for c, live in zip(speeds["cached"], speeds["live"], strict=True)]
-        print(f"k-NN val/knn_acc1: teacher {results['live'].teacher_metrics['val/knn_acc1']:.2f}, "
-              f"student at init {initial_student_knn(live_config):.2f}, "
-              f"distilled live {results['live'].best_metrics['val/knn_acc1']:.2f}, "
-              f"distilled from the cache {results['cached'].best_metrics['val/knn_acc1']:.2f} "
-              f"({args.epochs} epochs, label-free)")
-        print(f"training samples/s: live {statistics.median(speeds['live']):.1f}, "
-              f"cached {statistics.median(speeds['cached']):.1f}; cached / live = {statistics.median(ratios):.2f}x "
-              f"(median of {args.rounds} rounds)")
+        pairs = zip(speeds["cached"], speeds["live"], strict=True)
+        ratios = [c["samples_per_s"] / live["samples_per_s"] for c, live in pairs]
+        print(
+            f"k-NN val/knn_acc1: teacher {results['live'].teacher_metrics['val/knn_acc1']:.2f}, "
+            f"student at init {initial_student_knn(live_config):.2f}, "
+            f"distilled live {results['live'].best_metrics['val/knn_acc1']:.2f}, "
+            f"distilled from the cache {results['cached'].best_metrics['val/knn_acc1']:.2f} "
+            f"({args.epochs} epochs, label-free)"
+        )
+        for name, rounds in speeds.items():
+            split = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+            parts = ", ".join(f"{key[5:-3]} {value:.0f}" for key, value in split.items() if key.startswith("time/"))
+            print(f"{name}: {split['samples_per_s']:.1f} samples/s; ms per step: {parts}")
+        print(f"cached / live samples/s = {statistics.median(ratios):.2f}x (median of {args.rounds} rounds)")
 
 
 if __name__ == "__main__":

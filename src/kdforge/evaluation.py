@@ -14,7 +14,7 @@ from kdforge.engine.evaluate import evaluate
 from kdforge.errors import CheckpointError, ConfigError
 from kdforge.export import export_all
 from kdforge.models.build import build_model, count_parameters, tapped_model
-from kdforge.models.checkpoint import check_state_dict, read_state_dict
+from kdforge.models.checkpoint import check_state_dict, evaluated_weights, read_state_dict
 from kdforge.pipeline import build_task
 from kdforge.report.summary import print_summary
 from kdforge.runtime import setup_process
@@ -44,7 +44,7 @@ def student_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | No
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; use best, last or a file path.")
     ckpt = _kdforge_checkpoint(path)
     if ckpt is not None:
-        return (ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["student"]), ckpt.get("classes")
+        return dict(evaluated_weights(ckpt)), ckpt.get("classes")
     return read_state_dict(path), None
 
 

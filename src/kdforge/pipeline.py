@@ -37,6 +37,7 @@ from kdforge.engine.trainer import Trainer
 from kdforge.errors import ConfigError
 from kdforge.export import export_student
 from kdforge.models.build import build_model, count_parameters, tapped_model
+from kdforge.models.checkpoint import evaluated_weights
 from kdforge.models.multicrop import is_multicrop, pair_crops
 from kdforge.report.html import write_report
 from kdforge.report.profile import example_input, model_profile
@@ -294,7 +295,7 @@ def _exported_network(trainer: Trainer, best: dict[str, Any] | None) -> nn.Modul
     """The best checkpoint's student (its EMA when EMA is on), loaded into the trained network."""
     net = trainer.ema.module if trainer.ema is not None else trainer.student_net
     if best is not None:
-        net.load_state_dict(best["ema"]["module"] if trainer.ema is not None and best["ema"] else best["student"])
+        net.load_state_dict(evaluated_weights(best))
     return net
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdforge.engine.checkpoint import FORMAT as TRAINING_FORMAT
 from kdforge.errors import CheckpointError, UntrustedCheckpointError
 
 # Where common trainers nest the weights, in the order they are tried.
@@ -74,6 +75,8 @@ def _unnest(obj: Any, key: str | None, path: Path) -> dict[str, torch.Tensor]:
         return _unnest(obj[key], None, path)
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj)
+    if obj.get("format") == TRAINING_FORMAT:
+        return _unnest(evaluated_weights(obj), None, path)
     for nested in NESTED_KEYS:
         if isinstance(obj.get(nested), (Mapping, nn.Module)):
             return _unnest(obj[nested], None, path)
@@ -81,6 +84,11 @@ def _unnest(obj: Any, key: str | None, path: Path) -> dict[str, torch.Tensor]:
         f"checkpoint {str(path)!r} has no tensors at its top level nor under {list(NESTED_KEYS)}; "
         f"its keys: {sorted(map(str, obj))[:20]}. Set checkpoint_key to the key that holds the weights."
     )
+
+
+def evaluated_weights(checkpoint: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+    """The student weights a kdforge training checkpoint evaluated and exported: its EMA's when EMA was on."""
+    return checkpoint["ema"]["module"] if checkpoint.get("ema") else checkpoint["student"]
 
 
 def _strip_prefixes(state: dict[str, Any]) -> dict[str, torch.Tensor]:

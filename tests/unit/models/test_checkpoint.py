@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from kdforge.config import ModelSpec
+from kdforge.engine.checkpoint import FORMAT
 from kdforge.errors import CheckpointError, UntrustedCheckpointError
 from kdforge.models.build import build_model
 from kdforge.models.checkpoint import load_weights, read_state_dict
@@ -94,6 +95,20 @@ def test_first_nested_key_wins(tmp_path: Path) -> None:
     target = _cnn(seed=2)
     load_weights(target, path)
     _assert_same_weights(target, model)
+
+
+@pytest.mark.parametrize("with_ema", [True, False])
+def test_a_kdforge_checkpoint_gives_the_weights_it_evaluated(tmp_path: Path, with_ema: bool) -> None:
+    """A kdforge best.pt used as a teacher: its EMA weights when EMA was on (what was evaluated and exported)."""
+    student, ema = _cnn(seed=1), _cnn(seed=3)
+    path = tmp_path / "best.pt"
+    ckpt = {"format": FORMAT, "student": student.state_dict(), "ema": None, "optimizer": {"state": {}}}
+    if with_ema:
+        ckpt["ema"] = {"module": ema.state_dict(), "updates": 10}
+    torch.save(ckpt, path)
+    target = _cnn(seed=2)
+    load_weights(target, path)
+    _assert_same_weights(target, ema if with_ema else student)
 
 
 def test_checkpoint_key_picks_the_nested_weights(tmp_path: Path) -> None:
