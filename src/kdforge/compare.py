@@ -17,11 +17,17 @@ from kdforge.pipeline import RunResult, train
 from kdforge.report.html import write_report
 from kdforge.report.runs import read_records
 from kdforge.runtime import run_base
+from kdforge.tasks.base import TASKS
 
 
 def baseline_config(config: RunConfig) -> RunConfig:
     """`config` without distillation: no teacher, no terms, no phases, task weight 1, no cache; the run is
     named ``<name>-baseline`` next to the distilled one."""
+    if TASKS.get(config.task).embeds_only:
+        raise ConfigError(
+            f"task: {config.task} has no labelled loss, so there is no student-alone baseline to train; compare the "
+            "distilled student's val/knn_acc1 with the teacher's (in the run's table) or with an untrained student."
+        )
     raw = config.to_dict()
     raw.update(teacher=None, teachers={})
     raw["distill"].update(terms=[], phases=[], task_weight=1.0)

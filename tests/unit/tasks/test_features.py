@@ -358,3 +358,11 @@ def test_a_classifier_head_in_a_features_run_is_refused(head: dict) -> None:
     student = {**TEACHER, **head}
     with pytest.raises(ConfigError, match="student sets num_classes=10"):
         validate_config({"task": "features", "teacher": TEACHER, "student": student, "distill": {"terms": TERMS}})
+
+
+def test_compare_refuses_a_label_free_task() -> None:
+    """A student alone has nothing to learn from without labels: the comparison is refused with why."""
+    from kdforge.compare import baseline_config
+
+    with pytest.raises(ConfigError, match="no student-alone baseline"):
+        baseline_config(features_config())
