@@ -95,6 +95,7 @@ DETECTION_FLAGS = {
     "epochs": "detect.epochs",
     "batch_size": "detect.batch",
     "lr": "detect.optimizer.lr0",
+    "temperature": "detect.distill.temperature",
     "teacher_checkpoint": "teacher.name",
 }
 
@@ -111,6 +112,11 @@ def _train_detection(args: argparse.Namespace, flags: dict[str, object]) -> int:
         )
     if flags.get("data") is not None:
         raise KDForgeError("--data is a class-folder root; for task: detection use --set detect.data.root=DIR.")
+    if flags.get("alpha") is not None:
+        raise KDForgeError(
+            "--alpha weighs a classification KD term; task: detection has none. Weigh its terms with --set "
+            "detect.distill.lambda_detection=... / lambda_distillation=... (see docs/detection.md)."
+        )
     if str(flags.get("teacher")).lower() not in ("none", "null"):  # a model file: no generic KD term added
         teacher = flags.pop("teacher")
         flags["teacher_checkpoint"] = flags["teacher_checkpoint"] or teacher

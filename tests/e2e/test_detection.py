@@ -4,7 +4,9 @@ the CLI, to a registry model that ``ultralytics.YOLO`` validates; and the studen
 from __future__ import annotations
 
 import json
+import os
 from importlib.util import find_spec
+from pathlib import Path
 
 import pytest
 import yaml
@@ -34,6 +36,7 @@ def _config(tmp_path, **detect) -> dict:
             "imgsz": 64,
             "workers": 0,
             "log_every": "batch",
+            "allow_random_teacher": True,  # a yolov8s.yaml teacher: random weights, enough to test the plumbing
             "distill": {"topk": 0.05, "feature_weight": 1.0},
             "registry": {"dir": str(tmp_path / "registry")},
             **detect,
@@ -41,15 +44,56 @@ def _config(tmp_path, **detect) -> dict:
     }
 
 
-def test_distilled_student_reaches_the_registry_and_ultralytics_validates_it(tmp_path, capsys) -> None:
+def _recording(function, calls: list, result: bool = False):
+    """`function`, recording each call's keyword arguments (or, with `result`, what it returned)."""
+
+    def wrapper(*args, **kwargs):
+        value = function(*args, **kwargs)
+        calls.append(value if result else kwargs)
+        return value
+
+    return wrapper
+
+
+def _inside(path, folder) -> bool:
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
+def test_distilled_student_reaches_the_registry_and_ultralytics_validates_it(tmp_path, capsys, monkeypatch) -> None:
+    import ultralytics.engine.trainer
+    import ultralytics.engine.validator
+    import ultralytics.utils
+
+    import kdforge.detection.run
+    from kdforge.detection.offline import config_dir
+
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path)))
+    # Nothing may land outside the run dir, the registry and kdforge's cache: not in the working directory, nor
+    # in Ultralytics' default folders. Under pytest Ultralytics redirects its default save folders to its own
+    # tests/tmp, so what is checked is that every folder it is given or derives lies in the run directory.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    saved_to, validators, amp_checks = [], [], []
+    for module in (ultralytics.engine.trainer, ultralytics.engine.validator):
+        monkeypatch.setattr(module, "get_save_dir", _recording(module.get_save_dir, saved_to, result=True))
+    validator = _recording(kdforge.detection.run.DetectionValidator, validators)
+    monkeypatch.setattr(kdforge.detection.run, "DetectionValidator", validator)
+    monkeypatch.setattr(ultralytics.engine.trainer, "check_amp", _recording(lambda model: True, amp_checks))
+
     assert main(["train", "-c", str(path)]) == 0
     model = tmp_path / "registry" / "distilled" / "latest" / "model.pt"
     assert capsys.readouterr().out.strip().endswith(str(model))
     assert (tmp_path / "registry" / "distilled" / "v1" / "model.pt").is_file()
-
     run = tmp_path / "runs" / "kd"
+    assert not list(cwd.iterdir())
+    assert saved_to and all(_inside(folder, run) for folder in saved_to)
+    assert len(validators) == 1 and _inside(validators[0]["save_dir"], run)  # the teacher's validation
+    folders = [ultralytics.utils.SETTINGS[key] for key in ("runs_dir", "weights_dir", "datasets_dir")]
+    assert all(_inside(folder, config_dir()) or _inside(folder, os.environ["YOLO_CONFIG_DIR"]) for folder in folders)
+    assert not amp_checks  # the AMP self-check (it downloads yolo26n.pt) is never called, even when AMP is on
+
     records = read_records(run / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
     assert len(train) == 4  # 8 images / batch 4, 2 epochs, logged every batch
@@ -76,8 +120,8 @@ def test_distilled_student_reaches_the_registry_and_ultralytics_validates_it(tmp
     assert len(yolo.predict(str(tmp_path / "shapes" / "val" / "images" / "0000.png"), imgsz=64, verbose=False)) == 1
 
 
-def test_student_alone_uses_ultralytics_loss_without_distillation_terms(tmp_path) -> None:
-    config = _config(tmp_path, epochs=1, val_teacher=False, registry={"enabled": False})
+def test_student_alone_uses_ultralytics_loss_without_distillation_terms(tmp_path, capsys) -> None:
+    config = _config(tmp_path, epochs=1, val_teacher=False)  # the registry left at its default
     config["teacher"] = None
     path = tmp_path / "alone.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -86,7 +130,8 @@ def test_student_alone_uses_ultralytics_loss_without_distillation_terms(tmp_path
     train = [r for r in records if r["kind"] == "train"]
     assert train and not any(key.startswith("loss/kd_") for r in train for key in r)
     assert train[0]["wloss/box"] == train[0]["loss/box"]  # no lambda_detection without a teacher
-    assert not (tmp_path / "registry").exists()
+    assert not (tmp_path / "registry").exists()  # not a distilled model: never distilled/latest
+    assert capsys.readouterr().out.strip().endswith(str(tmp_path / "runs" / "kd"))
     summary = json.loads((tmp_path / "runs" / "kd" / "summary.json").read_text())
     assert summary["teacher"] is None and summary["epochs_run"] == 1
 

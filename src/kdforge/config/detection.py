@@ -19,10 +19,12 @@ if TYPE_CHECKING:
 
 DETECTION_TASK = "detection"
 ULTRALYTICS_SOURCE = "ultralytics"
-# Ultralytics arguments kdforge sets itself; `extra` may not override them (the run would stop being kdforge's).
-RESERVED_ARGS = frozenset(
-    {"model", "data", "project", "name", "exist_ok", "resume", "distill_model", "dis", "plots", "save_dir", "mode"}
-)
+DEFAULT_REGISTRY_NAME = "distilled"
+# Ultralytics arguments kdforge sets itself (`kdforge.detection.args`, plus the optimizer and augment sections
+# added below the classes); `extra` may not override them: the run would stop being the one its config describes.
+_KDFORGE_ARGS = {"model", "data", "project", "name", "exist_ok", "resume", "distill_model", "dis", "plots"}
+_MAPPED_ARGS = {"task", "epochs", "batch", "imgsz", "workers", "patience", "freeze", "seed", "deterministic"}
+_RUNTIME_ARGS = {"device", "amp", "cache", "optimizer", "verbose", "save_dir", "mode"}
 
 
 class _Strict(BaseModel):
@@ -133,11 +135,16 @@ class DetectDistillConfig(_Strict):
 
 
 class RegistryConfig(_Strict):
-    """Where the finished student goes: ``dir/name/latest/model.pt`` and ``dir/name/vN/model.pt`` + metadata."""
+    """Where the finished student goes: ``dir/name/vN/{model.pt,metadata.json}``, ``dir/name/latest`` -> ``vN``.
+
+    ``enabled``: unset exports distilled runs only (a run without a teacher is not a distilled model, so it must
+    not become ``distilled/latest``); ``true`` exports a teacher-less run too, under a ``name`` set explicitly;
+    ``false`` never exports.
+    """
 
     dir: str = "model_registry"
-    name: str = "distilled"
-    enabled: bool = True
+    name: str = DEFAULT_REGISTRY_NAME
+    enabled: bool | None = None
 
     @field_validator("name")
     @classmethod
@@ -163,7 +170,8 @@ class DetectConfig(_Strict):
     clip_grad_norm: float = Field(10.0, gt=0.0)
     max_nonfinite_steps: int = Field(5, ge=1)  # NaN/Inf steps in a row before the run stops
     val_teacher: bool = True  # validate the teacher once, as the reference line in the report
-    log_every: Literal["batch", "epoch"] = "epoch"  # batch: every log.every_steps optimizer steps
+    allow_random_teacher: bool = False  # a teacher .yaml (random weights) distils noise: for tests only
+    log_every: Literal["batch", "epoch"] = "epoch"  # batch: a train record every log.every_steps batches
     cache: Literal[False, "ram", "disk"] = False
     optimizer: DetectOptimizerConfig = Field(default_factory=DetectOptimizerConfig)
     augment: DetectAugmentConfig = Field(default_factory=DetectAugmentConfig)
@@ -189,6 +197,15 @@ class DetectConfig(_Strict):
         return value
 
 
+RESERVED_ARGS = frozenset(
+    _KDFORGE_ARGS
+    | _MAPPED_ARGS
+    | _RUNTIME_ARGS
+    | (set(DetectOptimizerConfig.model_fields) - {"name"})
+    | set(DetectAugmentConfig.model_fields)
+)
+
+
 def check_detection_run(config: RunConfig) -> None:
     """Refuse settings that ``task: detection`` would silently ignore, and a detection run without its section."""
     if config.task != DETECTION_TASK:
@@ -206,6 +223,31 @@ def check_detection_run(config: RunConfig) -> None:
                 f"(got {spec.source!r}) and {role}.name: a .pt file or a model .yaml such as yolov8n.yaml."
             )
     _refuse_ignored(config)
+    _check_random_teacher(config)
+    _check_registry(config)
+
+
+def _check_random_teacher(config: RunConfig) -> None:
+    """A teacher built from a model .yaml has random weights: distilling it teaches the student noise."""
+    teacher = config.teacher
+    if teacher is None or not teacher.name.lower().endswith((".yaml", ".yml")) or config.detect.allow_random_teacher:
+        return
+    raise ConfigError(
+        f"teacher.name {teacher.name!r} is a model .yaml: the teacher would have random weights and teach noise. "
+        "Train the teacher first (kdforge train -c CONFIG --teacher none --student "
+        f"{teacher.name} --name my-teacher) and give its weights (teacher.name: runs/my-teacher/yolo/weights/best.pt)"
+        ". Only for tests: detect.allow_random_teacher: true."
+    )
+
+
+def _check_registry(config: RunConfig) -> None:
+    """A run without a teacher exports only when asked, under a name of its own (not the distilled model's)."""
+    registry = config.detect.registry
+    if config.teacher is None and registry.enabled and "name" not in registry.model_fields_set:
+        raise ConfigError(
+            "detect.registry.enabled: true without a teacher would put a model that was not distilled under "
+            f"{registry.dir}/{registry.name}; set detect.registry.name too (e.g. yolov8n-alone)."
+        )
 
 
 def _refuse_ignored(config: RunConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,25 @@ def ultralytics_args(config: RunConfig, data_yaml: Path, run_dir: Path) -> dict[
     return {**args, **checked_extra(detect.extra)}
 
 
+def check_single_process() -> None:
+    """Detection trains on one device: under torchrun (or with several devices) Ultralytics re-launches its own
+    DDP trainer in a subprocess, which cannot carry kdforge's trainer subclass, criterion and logging."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise ConfigError(
+            f"task: detection runs on a single device, but WORLD_SIZE={world} (torchrun): start it as one process "
+            "(kdforge train -c CONFIG --device cuda:0)."
+        )
+
+
 def device_arg(device: str) -> str:
-    """kdforge's device names (auto, cpu, cuda, cuda:N) in Ultralytics' spelling ('' auto, 'cpu', '0')."""
+    """kdforge's device names (auto, cpu, cuda, cuda:N) in Ultralytics' spelling ('' auto, 'cpu', '0');
+    several devices (``cuda:0,1``) are refused, see `check_single_process`."""
+    if "," in device:
+        raise ConfigError(
+            f"device {device!r} names several devices; task: detection trains on one (e.g. cuda:0): Ultralytics' "
+            "multi-GPU path re-creates its trainer in a subprocess without kdforge's distillation."
+        )
     if device == "auto":
         import torch
 

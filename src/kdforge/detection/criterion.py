@@ -22,6 +22,7 @@ from ultralytics.utils.tal import make_anchors
 from kdforge.config.detection import DetectDistillConfig
 from kdforge.detection.losses import feature_loss, projector, resolve_topk, response_losses, teacher_topk
 from kdforge.detection.teacher import detect_head, head_outputs, teacher_forward
+from kdforge.errors import ConfigError
 
 KD_PARTS = ("kd_ciou", "kd_kl", "kd_feat")
 
@@ -35,6 +36,16 @@ def build_projectors(student: nn.Module, teacher: nn.Module) -> nn.ModuleList:
 
 def _head_channels(head: nn.Module) -> list[int]:
     return [branch[0].conv.in_channels for branch in head.cv2]  # the box branch's first Conv at each level
+
+
+def check_kl_mode(cfg: DetectDistillConfig, nc: int) -> None:
+    """With one class the softmax over classes is always [1.0], so ``kl: softmax`` would distil nothing."""
+    if nc == 1 and cfg.kl == "softmax" and cfg.lambda_dist_kl > 0 and cfg.lambda_distillation > 0:
+        raise ConfigError(
+            "the data has one class: the softmax KL of a single class is always 0, so the KL term would teach "
+            "nothing. Set detect.distill.kl: sigmoid (each class's Bernoulli, as YOLO's BCE class head predicts), "
+            "or lambda_dist_kl: 0."
+        )
 
 
 class DistillationCriterion:
@@ -57,6 +68,7 @@ class DistillationCriterion:
         self.cfg = cfg
         self.projectors = projectors
         head = detect_head(student, "student")
+        check_kl_mode(cfg, head.nc)
         self.stride, self.reg_max = head.stride, (head.reg_max, detect_head(teacher, "teacher").reg_max)
         self.parts = KD_PARTS if projectors is not None else KD_PARTS[:2]
         self._anchors: tuple[tuple, torch.Tensor] | None = None
@@ -101,6 +113,11 @@ class DistillationCriterion:
 
     def _zeros(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: torch.zeros((), device=like.device) for name in self.parts}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        """A deep copy of the student (Ultralytics' ``ModelEMA``, e.g. on NaN recovery) gets no criterion: else it
+        would carry a second teacher; the copy builds Ultralytics' plain loss when it needs one."""
+        return None
 
     def update(self) -> None:
         """Ultralytics calls this at each epoch's end for losses with a schedule (end-to-end heads)."""

@@ -19,7 +19,13 @@ from kdforge.config.detection import DetectDataConfig
 from kdforge.errors import ClassCountMismatchError, DataError
 
 SPLITS = ("train", "val")
-IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"})
+
+
+def image_suffixes() -> frozenset[str]:
+    """The suffixes Ultralytics reads as images (its ``IMG_FORMATS``), so both count the same files."""
+    from ultralytics.data.utils import IMG_FORMATS  # lazy: ultralytics is an optional extra
+
+    return frozenset(f".{suffix.lower()}" for suffix in IMG_FORMATS)
 
 
 @dataclass
@@ -36,16 +42,21 @@ class DetectionData:
 
 
 def prepare_data(cfg: DetectDataConfig, run_dir: Path) -> DetectionData:
-    """Check the dataset and return its data yaml: written to ``run_dir/data.yaml`` for a ``root`` layout."""
+    """Check the dataset and write the data yaml Ultralytics reads to ``run_dir/data.yaml``.
+
+    Also for an existing data yaml: kdforge resolves its relative paths against the yaml's folder, Ultralytics
+    against the working directory or its ``datasets_dir``; writing absolute paths makes both read the same
+    folders (and drops a ``download:`` script, which must never run).
+    """
     if cfg.root is not None:
         root = Path(cfg.root).resolve()
         dirs = {split: layout_dirs(root, split) for split in SPLITS}
         names = class_names(cfg, root)
-        content = {"path": str(root), "train": str(dirs["train"][0]), "val": str(dirs["val"][0])}
-        path = write_data_yaml(run_dir / "data.yaml", {**content, "nc": len(names), "names": names})
     else:
-        path, names, dirs = read_data_yaml(Path(cfg.yaml), cfg.names)
+        root, names, dirs = read_data_yaml(Path(cfg.yaml), cfg.names)
     images = {split: len(check_split(*dirs[split], len(names), cfg.check_labels)) for split in SPLITS}
+    content = {"path": str(root), **{split: str(dirs[split][0].resolve()) for split in SPLITS}}
+    path = write_data_yaml(run_dir / "data.yaml", {**content, "nc": len(names), "names": names})
     return DetectionData(path, names, images)
 
 
@@ -86,7 +97,7 @@ def write_data_yaml(path: Path, content: dict[str, Any]) -> Path:
 
 
 def read_data_yaml(path: Path, names: list[str] | None) -> tuple[Path, list[str], dict[str, tuple[Path, Path]]]:
-    """An existing Ultralytics data yaml: its classes and each split's image and label folders."""
+    """An existing Ultralytics data yaml: its base folder, classes, and each split's image and label folders."""
     if not path.is_file():
         raise DataError(f"data yaml {str(path)!r} does not exist (detect.data.yaml).")
     data = yaml.safe_load(path.read_text()) or {}
@@ -101,7 +112,7 @@ def read_data_yaml(path: Path, names: list[str] | None) -> tuple[Path, list[str]
     base = Path(data.get("path") or path.parent)
     base = base if base.is_absolute() else (path.parent / base).resolve()
     dirs = {split: _yaml_split(base, data[split], path) for split in SPLITS}
-    return path.resolve(), found, dirs
+    return base, found, dirs
 
 
 def _yaml_split(base: Path, entry: Any, path: Path) -> tuple[Path, Path]:
@@ -118,9 +129,10 @@ def _yaml_split(base: Path, entry: Any, path: Path) -> tuple[Path, Path]:
 
 def check_split(images: Path, labels: Path, nc: int, check_labels: bool) -> list[Path]:
     """The split's images; with `check_labels`, every label file read (errors name the file and line)."""
-    files = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    suffixes = image_suffixes()
+    files = sorted(p for p in images.rglob("*") if p.suffix.lower() in suffixes)
     if not files:
-        raise DataError(f"{str(images)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        raise DataError(f"{str(images)!r} holds no images ({', '.join(sorted(suffixes))}).")
     if check_labels:
         for image in files:
             label = labels / image.relative_to(images).with_suffix(".txt")

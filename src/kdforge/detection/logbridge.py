@@ -3,7 +3,9 @@ and TensorBoard scalars, through `RunLogger`.
 
 Records: ``train`` (loss parts raw as ``loss/*`` and weighted as ``wloss/*``, ``loss/total``, ``grad_norm``,
 ``lr``) every ``log.every_steps`` batches or once per epoch (``detect.log_every``); ``val`` after each epoch's
-validation (``precision``, ``recall``, ``mAP50``, ``mAP50-95``, ``fitness``, validation losses).
+validation (``precision``, ``recall``, ``mAP50``, ``mAP50-95``, ``fitness``, validation losses). A non-finite
+value (the gradient norm of a skipped NaN step) is left out of its record: JSON has no NaN or Infinity, and the
+skipped step is counted in ``nonfinite_total``. Steps count batches, continued across a resume.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class LogBridge:
             return  # the validation of best.pt after training: its results go to summary.json
         if not self.per_batch and trainer.tloss:
             self._train_record(trainer, trainer.tloss, trainer.epoch + 1)
-        self.last_val = val_record(trainer.metrics, trainer.fitness)
+        self.last_val = finite(val_record(trainer.metrics, trainer.fitness))
         self.logger.log("val", trainer.stats.batches, {"epoch": trainer.epoch + 1, **self.last_val})
         shown = "  ".join(f"{k} {v:.4g}" for k, v in self.last_val.items() if "/" not in k)
         self.logger.message(f"epoch {trainer.epoch + 1}/{trainer.epochs}: {shown}")
@@ -80,7 +82,12 @@ class LogBridge:
             "lr": trainer.optimizer.param_groups[0]["lr"],
             "nonfinite_total": trainer.stats.nonfinite_total,
         }
-        self.logger.log("train", trainer.stats.batches, values)
+        self.logger.log("train", trainer.stats.batches, finite(values))
+
+
+def finite(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` without NaN/Inf floats (they would be written as non-standard JSON)."""
+    return {k: v for k, v in values.items() if not (isinstance(v, float) and not math.isfinite(v))}
 
 
 def val_record(metrics: dict[str, Any], fitness: float | None) -> dict[str, float]:

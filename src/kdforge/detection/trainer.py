@@ -7,25 +7,34 @@ What it changes, and nothing else:
 - an optimizer step clips to ``detect.clip_grad_norm``, records the gradient norm, and skips a non-finite step
   (NaN/Inf loss or gradients), stopping after ``detect.max_nonfinite_steps`` of them in a row;
 - fitness weighs P, R, mAP50 and mAP50-95 as ``detect.fitness`` says (best model and early stopping follow it);
-- ``detect.ema: false`` makes the EMA copy follow the live weights (decay 0), as the validator reads the EMA.
+- ``detect.ema: false`` makes the EMA copy follow the live weights (decay 0), as the validator reads the EMA;
+- kdforge's own state (projector weights, step counters) is saved next to ``last.pt`` and read back on resume
+  and on Ultralytics' NaN recovery, which also re-applies the criterion and the EMA setting it would drop;
+- Ultralytics' AMP self-check is skipped: it downloads ``yolo26n.pt``, and kdforge never goes online.
 Without a teacher it is Ultralytics' own training of the student: the fair baseline.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import ultralytics.engine.trainer as ultralytics_trainer
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
+from kdforge.atomic import atomic_write
 from kdforge.config.detection import DetectConfig
 from kdforge.config.schema import ModelSpec
 from kdforge.detection.criterion import DistillationCriterion, build_projectors
 from kdforge.detection.teacher import check_pair, load_teacher
-from kdforge.errors import NonFiniteLossError
+from kdforge.errors import CheckpointError, DataError, NonFiniteLossError
+
+STATE_FILE = "kdforge_state.pt"  # next to last.pt: projector weights and step counters (plain data)
 
 METRIC_KEYS = {  # Ultralytics' validator keys -> kdforge's names
     "metrics/precision(B)": "precision",
@@ -63,9 +72,25 @@ class KDDetectionTrainer(DetectionTrainer):
         self.stats = StepStats()
         self.teacher = load_teacher(teacher, self.data["nc"], self.device) if teacher is not None else None
         self.projectors: nn.ModuleList | None = None
+        self.add_callback("on_model_save", save_kd_state)
+        if self.resume:
+            self._resume_stats()
+
+    def get_dataset(self) -> dict[str, Any]:
+        """Ultralytics' dataset check; its failures (a RuntimeError wrapping anything) become a `DataError`."""
+        try:
+            return super().get_dataset()
+        except RuntimeError as exc:
+            raise DataError(f"Ultralytics could not read the dataset {str(self.args.data)!r}: {exc}") from exc
 
     def _setup_train(self) -> None:
-        super()._setup_train()
+        with _no_amp_check():
+            super()._setup_train()
+        self._apply_kd()
+
+    def _apply_kd(self) -> None:
+        """The EMA setting and the distillation criterion; Ultralytics drops both when it rebuilds the EMA (resume,
+        NaN recovery), so this runs again after each rebuild."""
         if not self.kd.ema:
             self.ema.decay = lambda updates: 0.0  # the "EMA" copies the weights at every step
         if self.teacher is not None:
@@ -73,7 +98,42 @@ class KDDetectionTrainer(DetectionTrainer):
             check_pair(self.teacher, student)
             student.criterion = DistillationCriterion(student, self.teacher, self.kd.distill, self.projectors)
 
+    def _load_checkpoint_state(self, ckpt: dict[str, Any]) -> None:
+        """Ultralytics' optimizer/EMA restore (resume and NaN recovery), plus kdforge's projectors."""
+        super()._load_checkpoint_state(ckpt)
+        if self.projectors is not None:
+            self.projectors.load_state_dict(self._read_state(ckpt.get("epoch"))["projectors"])
+        self._apply_kd()
+
+    def _resume_stats(self) -> None:
+        """Continue the step counters, so resumed records never reuse a step number."""
+        state = self._read_state(None, required=self.teacher is not None and self.kd.distill.feature_weight > 0)
+        self.stats.batches = state.get("batches", 0)
+        self.stats.nonfinite_total = state.get("nonfinite_total", 0)
+
+    def _read_state(self, epoch: int | None, required: bool = True) -> dict[str, Any]:
+        """The state saved with last.pt; `epoch` (last.pt's) must match, else the two files are from different
+        epochs (a crash between the two writes)."""
+        path = self.wdir / STATE_FILE
+        if not path.is_file():
+            if required:
+                raise CheckpointError(
+                    f"{str(path)!r} (the feature projectors saved with last.pt) is missing, so this run cannot be "
+                    f"resumed exactly. Start a new run with student.name: {str(self.last)!r} "
+                    "(student.trust_checkpoint: true) to continue from its weights."
+                )
+            return {}
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if epoch is not None and state["epoch"] != epoch:
+            raise CheckpointError(
+                f"{str(path)!r} is from epoch {state['epoch'] + 1} but last.pt from epoch {epoch + 1}: start a new run "
+                f"with student.name: {str(self.last)!r} (student.trust_checkpoint: true)."
+            )
+        return state
+
     def build_optimizer(self, model: nn.Module, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        """Ultralytics' optimizer, plus the projectors as their own group (on resume its saved state, momentum
+        included, is loaded after this, and the projector weights with it: `_load_checkpoint_state`)."""
         optimizer = super().build_optimizer(model, *args, **kwargs)
         if self.teacher is not None and self.kd.distill.feature_weight > 0:
             self.projectors = build_projectors(unwrap_model(model), self.teacher).to(self.device)
@@ -126,6 +186,29 @@ class KDDetectionTrainer(DetectionTrainer):
         super().final_eval()
         self.stats.per_class = per_class_metrics(self.validator.metrics, self.data["names"])
         self.stats.final = False
+
+
+def save_kd_state(trainer: KDDetectionTrainer) -> None:
+    """``on_model_save``: kdforge's state next to the last.pt Ultralytics just wrote (state dicts, plain numbers)."""
+    state = {
+        "epoch": trainer.epoch,
+        "batches": trainer.stats.batches,
+        "nonfinite_total": trainer.stats.nonfinite_total,
+        "projectors": None if trainer.projectors is None else trainer.projectors.state_dict(),
+    }
+    atomic_write(trainer.wdir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+
+@contextlib.contextmanager
+def _no_amp_check() -> Iterator[None]:
+    """Ultralytics' ``check_amp`` compares a downloaded ``yolo26n.pt`` in fp16 and fp32 (it tries the network
+    before it checks for one); kdforge trusts AMP as configured (``detect.amp: false`` turns it off)."""
+    original = ultralytics_trainer.check_amp
+    ultralytics_trainer.check_amp = lambda model: True
+    try:
+        yield
+    finally:
+        ultralytics_trainer.check_amp = original
 
 
 def per_class_metrics(metrics: Any, names: dict[int, str]) -> dict[str, dict[str, float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,7 +71,37 @@ def test_data_needs_exactly_one_source_and_the_section_its_task() -> None:
         load_config(base={**_config(), "task": "classification", "student": {"name": "resnet18"}})
 
 
-def test_extra_may_not_override_what_kdforge_sets() -> None:
-    with pytest.raises(ConfigError, match="may not set"):
-        load_config(base=_config(extra={"distill_model": "x.pt"}))
+@pytest.mark.parametrize(
+    "name",
+    ["distill_model", "epochs", "batch", "imgsz", "device", "amp", "freeze", "seed", "lr0", "mosaic", "optimizer"],
+)
+def test_extra_may_not_override_what_kdforge_sets(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"may not set.*{name}"):
+        load_config(base=_config(extra={name: 1}))
     assert load_config(base=_config(extra={"cls": 0.7})).detect.extra == {"cls": 0.7}
+
+
+def test_every_argument_kdforge_passes_to_ultralytics_is_reserved(tmp_path: Path) -> None:
+    pytest.importorskip("ultralytics")
+    from kdforge.config.detection import RESERVED_ARGS
+    from kdforge.detection.args import ultralytics_args
+
+    config = load_config(base={**_config(), "device": "cpu"})
+    assert set(ultralytics_args(config, tmp_path / "data.yaml", tmp_path)) <= RESERVED_ARGS
+
+
+def test_a_random_weight_teacher_is_refused_unless_allowed() -> None:
+    random_teacher = {"teacher": {"source": "ultralytics", "name": "yolov8s.yaml"}}
+    with pytest.raises(ConfigError, match="random weights.*Train the teacher first.*allow_random_teacher"):
+        load_config(base={**_config(), **random_teacher})
+    config = {**_config(allow_random_teacher=True), **random_teacher}
+    assert load_config(base=config).teacher.name == "yolov8s.yaml"
+
+
+def test_a_run_without_teacher_exports_only_under_a_name_of_its_own() -> None:
+    alone = {**_config(registry={"enabled": True}), "teacher": None}
+    with pytest.raises(ConfigError, match="not distilled.*set detect.registry.name"):
+        load_config(base=alone)
+    alone["detect"]["registry"]["name"] = "yolov8n-alone"
+    assert load_config(base=alone).detect.registry.name == "yolov8n-alone"
+    assert load_config(base=_config()).detect.registry.enabled is None  # default: export distilled runs only

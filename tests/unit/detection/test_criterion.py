@@ -155,12 +155,91 @@ def test_registry_versions_count_up_and_latest_follows(tmp_path: Path) -> None:
     assert latest.read_bytes() == b"weights 2" and (base / "v1" / "model.pt").read_bytes() == b"weights 1"
     meta = json.loads((base / "latest" / "metadata.json").read_text())
     assert meta["version"] == "v2" and meta["metrics"] == {"mAP50-95": 0.2}
+    assert (base / "latest").is_symlink() and os.readlink(base / "latest") == "v2"  # one link: model + metadata
+    assert sorted(p.name for p in base.iterdir()) == ["latest", "v1", "v2"]  # no temporary left behind
+
+
+def test_racing_exports_claim_distinct_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kdforge.detection.export as export
+
+    monkeypatch.setattr(export, "next_version", lambda base: 1)  # both read the folder before either wrote
+    model = tmp_path / "best.pt"
+    registry = RegistryConfig(dir=str(tmp_path / "reg"))
+    for n in (1, 2):
+        model.write_bytes(f"weights {n}".encode())
+        export_to_registry(model, registry, {"run": n})
+    base = tmp_path / "reg" / "distilled"
+    assert [json.loads((base / v / "metadata.json").read_text())["run"] for v in ("v1", "v2")] == [1, 2]
+    assert json.loads((base / "latest" / "metadata.json").read_text()) == json.loads(
+        (base / "v2" / "metadata.json").read_text()
+    )
+
+
+def test_a_registry_with_a_latest_folder_moves_to_the_link(tmp_path: Path) -> None:
+    base = tmp_path / "reg" / "distilled"
+    (base / "latest").mkdir(parents=True)
+    (base / "latest" / "model.pt").write_bytes(b"old")
+    (tmp_path / "best.pt").write_bytes(b"new")
+    latest = export_to_registry(tmp_path / "best.pt", RegistryConfig(dir=str(tmp_path / "reg")), {})
+    assert latest.read_bytes() == b"new" and (base / "latest").is_symlink()
+    assert sorted(p.name for p in base.iterdir()) == ["latest", "v1"]
+
+
+@needs_ultralytics
+def test_a_deep_copy_of_the_student_carries_no_criterion_nor_teacher() -> None:
+    from kdforge.detection.criterion import DistillationCriterion
+
+    student, teacher = _models()
+    student.criterion = DistillationCriterion(student, teacher, DetectDistillConfig(), None)
+    copied = copy.deepcopy(student)  # what Ultralytics' ModelEMA does, also on NaN recovery
+    assert copied.criterion is None and isinstance(student.criterion, DistillationCriterion)
+    student.eval()
+    copied.eval()
+    with torch.no_grad():  # the copy builds Ultralytics' plain loss when validation asks for one
+        assert set(copied.loss(_batch())[1]) == {"box_loss", "cls_loss", "dfl_loss"}
+
+
+@needs_ultralytics
+def test_softmax_kl_is_refused_for_one_class() -> None:
+    from kdforge.detection.criterion import check_kl_mode
+    from kdforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="kl: sigmoid"):
+        check_kl_mode(DetectDistillConfig(), nc=1)
+    check_kl_mode(DetectDistillConfig(kl="sigmoid"), nc=1)
+    check_kl_mode(DetectDistillConfig(lambda_dist_kl=0.0), nc=1)
+    check_kl_mode(DetectDistillConfig(), nc=3)
+
+
+def test_detection_is_refused_on_several_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdforge.detection.args import check_single_process, device_arg
+    from kdforge.errors import ConfigError
+
+    assert device_arg("cuda:1") == "1"
+    with pytest.raises(ConfigError, match="several devices"):
+        device_arg("cuda:0,1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="WORLD_SIZE=2"):
+        check_single_process()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_single_process()
+
+
+def test_non_finite_values_are_left_out_of_records() -> None:
+    pytest.importorskip("ultralytics")
+    from kdforge.detection.logbridge import finite
+
+    assert finite({"grad_norm": float("inf"), "lr": 0.01, "fitness": float("nan"), "epoch": 1}) == {
+        "lr": 0.01,
+        "epoch": 1,
+    }
 
 
 @needs_ultralytics
 def test_ultralytics_starts_offline_with_its_settings_in_kdforges_folder(tmp_path: Path) -> None:
     code = (
         "import os, kdforge.detection, ultralytics.utils as u;"
+        "print(*(u.SETTINGS[k] for k in ('runs_dir', 'weights_dir', 'datasets_dir')), u.RUNS_DIR, u.DATASETS_DIR);"
         "print(u.ONLINE, u.AUTOINSTALL, u.USER_CONFIG_DIR, (u.USER_CONFIG_DIR / 'Arial.ttf').is_file())"
     )
     env = {**os.environ, "KDFORGE_CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path / "home")}
@@ -170,7 +249,13 @@ def test_ultralytics_starts_offline_with_its_settings_in_kdforges_folder(tmp_pat
     work.mkdir()
     out = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    online, autoinstall, folder, font = out.stdout.strip().splitlines()[-1].split()  # after its settings notice
+    lines = out.stdout.strip().splitlines()
+    online, autoinstall, folder, font = lines[-1].split()  # after its settings notice
     assert (online, autoinstall, font) == ("False", "False", "True")
     assert Path(folder) == tmp_path / "cache" / "Ultralytics" and (Path(folder) / "settings.json").is_file()
     assert not list(work.iterdir()) and not list((tmp_path / "home").rglob("Ultralytics"))
+    # runs, weights and datasets folders under kdforge's cache, not the git root or working directory
+    assert [Path(p) for p in lines[-2].split()] == [Path(folder) / n for n in ("runs", "weights", "datasets")] + [
+        Path(folder) / "runs",
+        Path(folder) / "datasets",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,32 @@ def test_prepare_data_writes_an_ultralytics_yaml(shapes: Path, tmp_path: Path) -
     assert data.images == {"train": 12, "val": 4}
     again = prepare_data(DetectDataConfig(yaml=str(data.yaml_path)), tmp_path / "other")
     assert again.names == data.names and again.images == data.images
+
+
+def test_an_existing_data_yaml_is_written_resolved_into_the_run(shapes: Path, tmp_path: Path) -> None:
+    # a relative `path:` means the yaml's folder to kdforge, but the working directory to Ultralytics
+    source = tmp_path / "sets" / "shapes.yaml"
+    source.parent.mkdir()
+    relative = os.path.relpath(shapes, source.parent)
+    content = {"path": relative, "train": "train/images", "val": "val/images", "names": ["c", "s", "t"]}
+    source.write_text(yaml.safe_dump({**content, "download": "import os; os.system('echo no')"}))
+    data = prepare_data(DetectDataConfig(yaml=str(source)), tmp_path / "run")
+    assert data.yaml_path == tmp_path / "run" / "data.yaml"
+    written = yaml.safe_load(data.yaml_path.read_text())
+    assert written["train"] == str(shapes.resolve() / "train" / "images") and Path(written["val"]).is_absolute()
+    assert written["nc"] == 3 and written["names"] == {0: "c", 1: "s", 2: "t"} and "download" not in written
+
+
+def test_ultralytics_dataset_errors_become_data_errors(tmp_path: Path) -> None:
+    pytest.importorskip("ultralytics")
+    from kdforge.config.detection import DetectConfig
+    from kdforge.detection.trainer import KDDetectionTrainer
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump({"train": str(tmp_path / "nowhere"), "val": str(tmp_path / "nowhere")}))
+    overrides = {"model": "yolov8n.yaml", "data": str(broken), "project": str(tmp_path), "name": "y", "device": "cpu"}
+    with pytest.raises(DataError, match="could not read the dataset"):
+        KDDetectionTrainer(DetectConfig(data={"yaml": str(broken)}), None, overrides)
 
 
 def _copy(shapes: Path, tmp_path: Path) -> Path:
