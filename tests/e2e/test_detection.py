@@ -136,10 +136,13 @@ def test_student_alone_uses_ultralytics_loss_without_distillation_terms(tmp_path
     assert summary["teacher"] is None and summary["epochs_run"] == 1
 
 
-def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch) -> None:
-    from kdforge.detection.logbridge import LogBridge
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, capsys) -> None:
+    import torch
 
-    config = _config(tmp_path, val_teacher=False, log_every="epoch", registry={"enabled": False})
+    from kdforge.detection.logbridge import LogBridge
+    from kdforge.detection.trainer import KDDetectionTrainer
+
+    config = _config(tmp_path, val_teacher=False)  # feature_weight 1.0: projectors with their own optimizer state
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(config))
     original = LogBridge.on_epoch_end
@@ -153,9 +156,50 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypat
     run = tmp_path / "runs" / "kd"
     assert main(["train", "-c", str(path)]) == 130
     assert (run / "yolo" / "weights" / "last.pt").is_file()
+    saved = torch.load(run / "yolo" / "weights" / "kdforge_state.pt", weights_only=True)
+    assert saved["batches"] == 2 and saved["epoch"] == 0
+
     monkeypatch.setattr(LogBridge, "on_epoch_end", original)
+    assert main(["train", "--resume", str(run), "--epochs", "5"]) == 2  # a change the checkpoint would ignore
+    assert "cannot change ['detect.epochs']" in capsys.readouterr().err
+    config_text = (run / "config.yaml").read_text()
+
+    restored = []
+    load_state = KDDetectionTrainer._load_checkpoint_state
+
+    def record_projectors(trainer, ckpt) -> None:
+        load_state(trainer, ckpt)
+        restored.append({k: v.clone() for k, v in trainer.projectors.state_dict().items()})
+
+    monkeypatch.setattr(KDDetectionTrainer, "_load_checkpoint_state", record_projectors)
     assert main(["train", "--resume", str(run)]) == 0
-    vals = [r for r in read_records(run / "metrics.jsonl") if r["kind"] == "val"]
-    assert [r["epoch"] for r in vals] == [1, 2]
+    assert restored and all(torch.equal(restored[0][k], v) for k, v in saved["projectors"].items())
+    records = read_records(run / "metrics.jsonl")
+    assert [r["epoch"] for r in records if r["kind"] == "val"] == [1, 2]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]  # counted on across the resume
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
     assert len(json.loads((run / "meta.json").read_text())["resumes"]) == 1
+    assert (run / "config.yaml").read_text() == config_text
+
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "finished its 2 epochs" in err and "--student" in err and "last.pt" in err
+
+
+def test_detection_flags_map_to_detect_keys_and_alpha_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    from kdforge.detection.run import DetectionResult
+
+    seen = []
+
+    def train(config, run_dir=None, resume=False) -> DetectionResult:
+        seen.append(config)
+        return DetectionResult(tmp_path, {})
+
+    monkeypatch.setattr(kdforge.detection, "train_detection", train)
+    path = tmp_path / "kd.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path)))
+    assert main(["train", "-c", str(path), "--temperature", "3.5", "--epochs", "7"]) == 0
+    assert (seen[0].detect.distill.temperature, seen[0].detect.epochs) == (3.5, 7)
+    assert main(["train", "-c", str(path), "--alpha", "0.5"]) == 2
+    assert "--alpha" in capsys.readouterr().err
