@@ -1,6 +1,17 @@
-"""The run config: one pydantic schema (`schema`), YAML files merged in order then ``--set`` overrides
-(`loading`), and messages that name the key path, the value and the nearest valid key (`messages`)."""
+"""The run config: one pydantic schema (`schema` for the run and its training sections, `data` for models and data,
+`distill` for the terms, `detection` for YOLO), YAML files merged in order then ``--set`` overrides (`loading`),
+and messages that name the key path, the value and the nearest valid key (`messages`)."""
 
+from kdforge.config.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentConfig,
+    DataConfig,
+    InputSpec,
+    ModelSpec,
+    MultiCropConfig,
+)
+from kdforge.config.distill import DistillConfig, PhaseConfig, ScheduledValue, TapsConfig, TermConfig
 from kdforge.config.loading import (
     apply_override,
     deep_merge,
@@ -11,29 +22,17 @@ from kdforge.config.loading import (
     validate_config,
 )
 from kdforge.config.schema import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    AugmentConfig,
     CacheConfig,
     CheckpointConfig,
-    DataConfig,
-    DistillConfig,
     EarlyStoppingConfig,
     EMAConfig,
     FeaturesConfig,
-    InputSpec,
     LogConfig,
-    ModelSpec,
-    MultiCropConfig,
     OptimizerConfig,
     OutputConfig,
-    PhaseConfig,
     RunConfig,
     ScheduleConfig,
-    ScheduledValue,
-    TapsConfig,
     TeacherRuntimeConfig,
-    TermConfig,
     TrainConfig,
 )
 

@@ -5,303 +5,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from kdforge.config.base import Strict
+from kdforge.config.data import DataConfig, ModelSpec
 from kdforge.config.detection import DetectConfig, check_detection_run
-from kdforge.config.messages import describe_error
-from kdforge.errors import ConfigError, RegistryError, did_you_mean
+from kdforge.config.distill import DistillConfig, term_class
+from kdforge.errors import ConfigError, did_you_mean
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class InputSpec(_Strict):
-    """What a model expects as input, when it differs from the data pipeline (e.g. a teacher at 224)."""
-
-    size: int | tuple[int, int] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-
-
-class ModelSpec(_Strict):
-    """How to build one model: ``source`` is ``timm``, ``torchvision``, ``smp`` (segmentation-models-pytorch) or
-    ``import`` (``pkg.mod:factory``)."""
-
-    source: str = "timm"
-    name: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    num_classes: int | None = None
-    checkpoint: str | None = None
-    checkpoint_key: str | None = None
-    trust_checkpoint: bool = False
-    input: InputSpec | None = None
-    taps: dict[str, str] = Field(default_factory=dict)  # {tap_name: module.path}, merged with distill.taps
-    forward: str | None = None  # "pkg.mod:fn" called as fn(model, inputs); default: a dict input by keyword
-
-
-class AugmentConfig(_Strict):
-    """timm-style training augmentation for image folders."""
-
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = Field(0.5, ge=0.0, le=1.0)
-    color_jitter: float | None = Field(0.4, ge=0.0)
-    auto_augment: str | None = None
-    interpolation: Literal["bilinear", "bicubic", "nearest", "random"] = "bilinear"
-    crop_pct: float = Field(0.875, gt=0.0, le=1.0)
-
-    @field_validator("scale")
-    @classmethod
-    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        return _check_scale(value, "scale")
-
-    @field_validator("ratio")
-    @classmethod
-    def _ratio_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0.0 < value[0] <= value[1]:
-            raise ValueError("ratio must be (min, max) aspect ratios with 0 < min <= max")
-        return value
-
-
-def _check_scale(value: tuple[float, float], name: str) -> tuple[float, float]:
-    if not 0.0 < value[0] <= value[1] <= 1.0:
-        raise ValueError(f"{name} must be (min, max) with 0 < min <= max <= 1")
-    return value
-
-
-class MultiCropConfig(_Strict):
-    """DINO-style multi-crop for feature distillation: ``global_crops`` large crops (the teacher sees these) and
-    ``local_crops`` small ones (the student only), each a random resized crop of the image at its own scale.
-    ``simple`` keeps crop and flip only (fast); otherwise colour jitter, grayscale, blur and solarize as DINO."""
-
-    global_crops: int = Field(2, ge=1)
-    global_size: int | None = Field(None, gt=0)  # None: data.image_size
-    global_scale: tuple[float, float] = (0.32, 1.0)
-    local_crops: int = Field(6, ge=0)
-    local_size: int | None = Field(None, gt=0)  # None: 3/7 of the global size (96 at 224)
-    local_scale: tuple[float, float] = (0.05, 0.32)
-    use_local_crops: bool = True
-    simple: bool = False
-
-    @field_validator("global_scale", "local_scale")
-    @classmethod
-    def _scale_range(cls, value: tuple[float, float], info: Any) -> tuple[float, float]:
-        return _check_scale(value, info.field_name)
-
-    @property
-    def locals(self) -> int:
-        """How many local crops each sample gets (0 with ``use_local_crops: false``)."""
-        return self.local_crops if self.use_local_crops else 0
-
-
-class DataConfig(_Strict):
-    """Where the data comes from and how it is batched."""
-
-    dataset: str = "imagefolder"
-    root: str | None = None
-    factory: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    num_classes: int | None = None
-    class_names: list[str] | None = None  # segmentation: the classes' names, index = the mask value
-    ignore_index: int = 255  # segmentation: mask value of pixels without a label
-    image_size: int = Field(224, gt=0)
-    in_chans: int = Field(3, gt=0)
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    multicrop: MultiCropConfig | None = None  # training views as several crops (task: features)
-    batch_size: int = Field(64, gt=0)
-    val_batch_size: int | None = Field(None, gt=0)
-    num_workers: int = Field(2, ge=0)
-    pin_memory: bool = True
-    persistent_workers: bool = True  # keep workers alive between epochs (with num_workers > 0)
-    prefetch_factor: int | None = Field(None, ge=1)  # batches each worker loads ahead (torch default: 2)
-    labelled_fraction: float = Field(1.0, gt=0.0, le=1.0)
-    labelled_per_class: int | None = Field(None, gt=0)
-    split_seed: int = 0
-
-    @model_validator(mode="after")
-    def _normalization_fits_channels(self) -> DataConfig:
-        if len(self.mean) != len(self.std) or len(self.mean) not in (1, self.in_chans):
-            raise ValueError(
-                f"mean ({len(self.mean)} values) and std ({len(self.std)} values) need one value per input "
-                f"channel (in_chans={self.in_chans}) or a single value"
-            )
-        return self
-
-
-class ScheduledValue(_Strict):
-    """A value that changes over epochs: ``{start: 6.0, end: 3.0, schedule: linear}``.
-
-    The change begins at ``start_epoch`` (1-based; e.g. the first epoch after a task-only phase) and spans
-    ``epochs`` epochs (default: to the end of the run); before it the value is ``start``, after it ``end``.
-    """
-
-    start: float
-    end: float
-    schedule: Literal["constant", "linear", "cosine"] = "linear"
-    epochs: int | None = Field(None, ge=1)
-    start_epoch: int = Field(1, ge=1)
-
-
-def _term_class(loss: str) -> Any:
-    from kdforge.distill.losses import TERMS  # the registry imports models, which import us
-
-    return TERMS.get(loss)
-
-
-def _check_weight(value: float | ScheduledValue) -> float | ScheduledValue:
-    values = (value.start, value.end) if isinstance(value, ScheduledValue) else (value,)
-    if any(v < 0 for v in values):
-        raise ValueError("loss weights must be >= 0")
-    return value
-
-
-def _is_schedule(value: Any) -> bool:
-    """Any mapping given as a parameter value is meant as a schedule (so a typo in one is reported)."""
-    return isinstance(value, (dict, ScheduledValue))
-
-
-def _schedule_of(param: str, value: Any) -> ScheduledValue:
-    try:
-        return ScheduledValue.model_validate(value)
-    except ValidationError as exc:
-        problems = "; ".join(describe_error(err, value, ScheduledValue) for err in exc.errors())
-        raise ConfigError(
-            f"{param}: {problems} A schedule looks like {{start: 6.0, end: 3.0, schedule: linear}} "
-            "(schedule: constant, linear or cosine; optional epochs, start_epoch)."
-        ) from None
-
-
-class TermConfig(BaseModel):
-    """One distillation term: ``{loss: kd, weight: 0.7, temperature: 4}``.
-
-    Keys other than ``loss``, ``weight`` and ``name`` go to the term's constructor, which checks them.
-    The weight and any numeric parameter may be scheduled: ``temperature: {start: 6, end: 3}``.
-    ``name`` is what the term is logged as and what phases refer to (default: the loss name, made unique).
-    """
-
-    model_config = ConfigDict(extra="allow")
-
-    loss: str
-    weight: float | ScheduledValue = 1.0
-    name: str | None = None
-    teachers: list[str] | None = None  # which teachers it reads (several: their ensemble); default: the first
-
-    @field_validator("teachers", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("weight")
-    @classmethod
-    def _non_negative(cls, value: float | ScheduledValue) -> float | ScheduledValue:
-        return _check_weight(value)
-
-    def params(self) -> dict[str, Any]:
-        """Constructor parameters; a scheduled parameter is given its start value."""
-        return {k: (self.scheduled_params()[k].start if _is_schedule(v) else v) for k, v in self.extra().items()}
-
-    def scheduled_params(self) -> dict[str, ScheduledValue]:
-        return {k: _schedule_of(k, v) for k, v in self.extra().items() if _is_schedule(v)}
-
-    def extra(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-    @model_validator(mode="after")
-    def _known_loss_and_params(self) -> TermConfig:
-        from kdforge.distill.losses import build_term  # the registry imports models, which import us
-
-        try:
-            build_term(self.loss, self.params())
-            ends = {k: v.end for k, v in self.scheduled_params().items()}
-            if ends:
-                term = build_term(self.loss, {**self.params(), **ends})
-                fixed = sorted(set(ends) - set(term.schedulable))
-                if fixed:
-                    raise ConfigError(
-                        f"distillation loss {self.loss!r} cannot schedule {', '.join(fixed)} (fixed when it is "
-                        f"built); schedulable: {', '.join(term.schedulable) or 'none'} (and its weight)."
-                    )
-        except ConfigError:
-            raise
-        except RegistryError as exc:
-            raise ConfigError(str(exc)) from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"distillation loss {self.loss!r}: {exc}") from None
-        return self
-
-
-class TapsConfig(_Strict):
-    """Named forward hooks: ``{feature_name: module.path}`` for each model."""
-
-    teacher: dict[str, str] = Field(default_factory=dict)
-    student: dict[str, str] = Field(default_factory=dict)
-
-
-class PhaseConfig(_Strict):
-    """Settings for the epochs before ``until_epoch`` (1-based: ``until_epoch: 5`` covers epochs 1-5).
-
-    ``task_weight`` replaces the task weight; ``scale_terms`` multiplies every term weight (0 = task
-    only); ``weights`` sets single terms by name. After the last phase the base settings apply.
-    """
-
-    until_epoch: int = Field(ge=1)
-    task_weight: float | None = Field(None, ge=0.0)
-    scale_terms: float | None = Field(None, ge=0.0)
-    weights: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("weights")
-    @classmethod
-    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
-        for weight in value.values():
-            _check_weight(weight)
-        return value
-
-
-class DistillConfig(_Strict):
-    task_weight: float | ScheduledValue = Field(1.0, union_mode="left_to_right")
-    terms: list[TermConfig] = Field(default_factory=list)
-    taps: TapsConfig = Field(default_factory=TapsConfig)
-    phases: list[PhaseConfig] = Field(default_factory=list)
-
-    @field_validator("task_weight")
-    @classmethod
-    def _non_negative(cls, value: float | ScheduledValue) -> float | ScheduledValue:
-        return _check_weight(value)
-
-    def term_names(self) -> list[str]:
-        """Each term's log name: its ``name``, else its loss made unique (``fitnet``, ``fitnet_1``)."""
-        seen: dict[str, int] = {}
-        names = []
-        for term in self.terms:
-            count = seen.get(term.loss, 0)
-            seen[term.loss] = count + 1
-            names.append(term.name or (term.loss if count == 0 else f"{term.loss}_{count}"))
-        return names
-
-    @model_validator(mode="after")
-    def _phases_fit_terms(self) -> DistillConfig:
-        names = self.term_names()
-        if len(set(names)) != len(names):
-            raise ConfigError(f"distillation terms need distinct names, got {names}; set name: on the duplicates.")
-        ends = [phase.until_epoch for phase in self.phases]
-        if ends != sorted(set(ends)):
-            raise ConfigError(f"phases must have increasing until_epoch values, got {ends}.")
-        for phase in self.phases:
-            for name in phase.weights:
-                if name not in names:
-                    raise ConfigError(
-                        f"phase weight for unknown term {name!r}.{did_you_mean(name, names)} Terms: {names}."
-                    )
-        return self
-
-
-class OptimizerConfig(_Strict):
+class OptimizerConfig(Strict):
     name: str = "adamw"  # a name in kdforge.engine.optim.OPTIMIZERS
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
@@ -329,7 +42,7 @@ class OptimizerConfig(_Strict):
         return value
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(Strict):
     """Learning-rate schedule, stepped once per optimizer step."""
 
     name: Literal["cosine", "constant"] = "cosine"
@@ -338,19 +51,19 @@ class ScheduleConfig(_Strict):
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
 
 
-class EMAConfig(_Strict):
+class EMAConfig(Strict):
     decay: float = Field(0.9998, gt=0.0, lt=1.0)
     warmup: bool = True
 
 
-class EarlyStoppingConfig(_Strict):
+class EarlyStoppingConfig(Strict):
     metric: str = "fitness"
     mode: Literal["max", "min"] = "max"
     patience: int = Field(10, ge=1)
     min_delta: float = Field(0.0, ge=0.0)
 
 
-class CheckpointConfig(_Strict):
+class CheckpointConfig(Strict):
     """Which checkpoints are kept and their file names in ``checkpoints/`` (``last.pt`` is always written: resume
     reads it). Names may follow another project's layout: ``best_name: best_distillation_model.pth``,
     ``epoch_name: distillation_epoch_{epoch}.pth``."""
@@ -376,7 +89,7 @@ class CheckpointConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     max_steps_per_epoch: int | None = Field(None, gt=0)
     grad_accum: int = Field(1, ge=1)
@@ -398,7 +111,7 @@ class TrainConfig(_Strict):
         return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
 
 
-class TeacherRuntimeConfig(_Strict):
+class TeacherRuntimeConfig(Strict):
     """How the frozen teachers run: their own device (e.g. ``cpu`` while the student trains on ``cuda``),
     weight precision, ``torch.compile`` for inference, channels-last memory format."""
 
@@ -408,7 +121,7 @@ class TeacherRuntimeConfig(_Strict):
     channels_last: bool = False
 
 
-class CacheConfig(_Strict):
+class CacheConfig(Strict):
     """Teacher-output cache: the teacher runs once over the training set, training reads its outputs.
 
     Stores fp16 (or fp32) features at the teacher's taps and the top-``logits_topk`` logits (all of them
@@ -426,7 +139,7 @@ class CacheConfig(_Strict):
     seed: int = 0  # seeds the cached views' augmentation parameters
 
 
-class FeaturesConfig(_Strict):
+class FeaturesConfig(Strict):
     """``task: features``: how the student's embedding is judged without a labelled loss. k-NN (DINO's weighted
     vote over cosine similarities) classifies each val sample from the labelled ``knn_memory`` split: ``train``
     read with the evaluation transform, or ``val`` itself leaving each sample out. ``linear_probe`` also fits a
@@ -447,13 +160,13 @@ class FeaturesConfig(_Strict):
         return self
 
 
-class OutputConfig(_Strict):
+class OutputConfig(Strict):
     dir: str = "runs"
     name: str | None = None
     exist_ok: bool = False
 
 
-class LogConfig(_Strict):
+class LogConfig(Strict):
     tensorboard: bool = True
     every_steps: int = Field(20, ge=1)
     progress: bool = True
@@ -463,7 +176,7 @@ class LogConfig(_Strict):
     report: bool = True  # report.html at the end (with the models' size, MACs and CPU latency)
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     """Everything one run needs. Defaults make plain Hinton KD a config of a few lines."""
 
     task: str = "classification"
@@ -523,7 +236,7 @@ class RunConfig(_Strict):
                     f"task: features distils embeddings, but {role} sets num_classes={classes} (a classifier "
                     "head): remove it, so the model is built as a backbone returning its pooled embedding."
                 )
-        per_sample = [t.loss for t in self.distill.terms if _term_class(t.loss).needs_dataset]
+        per_sample = [t.loss for t in self.distill.terms if term_class(t.loss).needs_dataset]
         if self.data.multicrop is not None and per_sample:
             raise ConfigError(
                 f"{', '.join(per_sample)} keeps one memory row per sample, but data.multicrop gives several crops per "
@@ -549,7 +262,7 @@ class RunConfig(_Strict):
                 "spec: teachers: {name: {..., taps: {tap_name: module.path}}}."
             )
         for term in self.distill.terms:
-            if len(term.teachers or []) > 1 and not _term_class(term.loss).ensemble:
+            if len(term.teachers or []) > 1 and not term_class(term.loss).ensemble:
                 raise ConfigError(
                     f"distillation loss {term.loss!r} cannot read an ensemble of teachers {term.teachers}: only logit "
                     "terms (kd, dkd, dist, pixel_kl) can. Give it one teacher, or one term per teacher."

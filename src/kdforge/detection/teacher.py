@@ -14,7 +14,7 @@ from torch import nn
 from ultralytics.nn.modules.head import Detect
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
-from kdforge.config.schema import ModelSpec
+from kdforge.config.data import ModelSpec
 from kdforge.detection.losses import HeadOutputs
 from kdforge.errors import CheckpointError, ClassCountMismatchError, ConfigError
 

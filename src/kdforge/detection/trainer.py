@@ -28,8 +28,8 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
 from kdforge.atomic import atomic_write
+from kdforge.config.data import ModelSpec
 from kdforge.config.detection import DetectConfig
-from kdforge.config.schema import ModelSpec
 from kdforge.detection.criterion import DistillationCriterion, build_projectors
 from kdforge.detection.teacher import check_pair, load_teacher
 from kdforge.errors import CheckpointError, DataError, NonFiniteLossError

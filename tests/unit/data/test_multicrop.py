@@ -12,8 +12,7 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from kdforge.config import AugmentConfig, DataConfig
-from kdforge.config.schema import MultiCropConfig
+from kdforge.config import AugmentConfig, DataConfig, MultiCropConfig
 from kdforge.data.datasets import BatchDict, build_dataset
 from kdforge.data.multicrop import CROP_PARAMS, JITTER_IDENTITY, JITTER_ORDERS, MultiCropTransform
 from kdforge.data.transforms import image_transform
