@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_speed.py
 
 bench-yolo: $(STAMP)
-	$(PY) benchmarks/bench_yolo.py --out runs/bench_yolo --epochs 30 --teacher-epochs 40 --seeds 0
+	$(PY) benchmarks/bench_yolo.py --out runs/bench_yolo --epochs 60 --teacher-epochs 200 --seeds 0 1 2
 
 clean:
 	rm -rf runs .pytest_cache
