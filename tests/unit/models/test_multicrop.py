@@ -146,3 +146,18 @@ def test_outputs_whose_shape_depends_on_the_crop_size_keep_the_global_crops() ->
     crops = {"global": torch.randn(2, 2, 1, 4, 4), "local": torch.randn(2, 3, 1, 2, 2)}
     outputs = model(crops)
     assert outputs["embedding"].shape == (2, 5, 1) and outputs["map"].shape == (2, 2, 1, 4, 4)
+
+
+@pytest.mark.slow
+def test_multicrop_model_under_torch_compile() -> None:
+    """``train.compile_student`` compiles the multi-crop student: each crop group's shape compiles once."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model = MultiCropModel(net, {"conv": "0"}, lambda out: {"embedding": out})
+    crops = {"global": torch.randn(2, 2, 3, 16, 16), "local": torch.randn(2, 3, 3, 8, 8)}
+    with torch.no_grad():
+        eager = model(crops)
+        compiled = torch.compile(model)(crops)
+    assert compiled.keys() == eager.keys() == {"embedding", "feat:conv"}
+    for key, value in eager.items():
+        torch.testing.assert_close(compiled[key], value, rtol=1e-4, atol=1e-5, msg=key)
