@@ -12,6 +12,7 @@ Ultralytics default never writes into the user's checkout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,13 +47,12 @@ def configure_ultralytics() -> Path:
             "online. Import kdforge.detection first.",
             stacklevel=2,
         )
-    try:
+    # A read-only home is no error: Ultralytics falls back to a temp folder, and fonts are only for plots.
+    with contextlib.suppress(OSError):
         (folder / "Ultralytics").mkdir(parents=True, exist_ok=True)
         _provide_fonts(folder / "Ultralytics")
         if own:
             seed_settings(folder / "Ultralytics")
-    except OSError:  # read-only home: Ultralytics falls back to a temp folder, and fonts are only for plots
-        pass
     return folder
 
 

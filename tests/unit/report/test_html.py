@@ -52,24 +52,17 @@ def kd_records(scale: float = 1.0, steps: int = 6, epochs: int = 3) -> list[dict
     return records
 
 
+def _profile(**costs: float) -> dict[str, Any]:
+    """A model profile as summary.json holds it, for an 8x8 one-channel input on one thread."""
+    return {**costs, "input_shape": [1, 8, 8], "threads": 1}
+
+
 def summary(acc: float, student: str = CNN, profile: bool = False) -> dict[str, Any]:
     teacher = {"teacher": "teacher", "name": CNN, "params": 40_000, "metrics": {"val/acc1": 95.0}}
     entry = {"name": student, "params": 4_000, "metrics": {"val/acc1": acc}, "last_metrics": {"val/acc1": acc}}
     if profile:
-        teacher["profile"] = {
-            "size_bytes": 160_000,
-            "macs": 2_000_000,
-            "latency_ms": 2.0,
-            "input_shape": [1, 8, 8],
-            "threads": 1,
-        }
-        entry["profile"] = {
-            "size_bytes": 16_000,
-            "macs": 150_000,
-            "latency_ms": 0.5,
-            "input_shape": [1, 8, 8],
-            "threads": 1,
-        }
+        teacher["profile"] = _profile(size_bytes=160_000, macs=2_000_000, latency_ms=2.0)
+        entry["profile"] = _profile(size_bytes=16_000, macs=150_000, latency_ms=0.5)
     return {
         "task": "classification",
         "student": entry,
