@@ -66,6 +66,7 @@ def evaluate(
     model.train(was_training)
     sum_attributes(metrics, metrics.sums)  # under torchrun each process saw its share of the val set
     for name in metrics.rows:  # every process joins each gather, also one without val rows
-        rows = gather_varying_rows(torch.cat(getattr(metrics, name)) if getattr(metrics, name) else None)
+        local = getattr(metrics, name)
+        rows = gather_varying_rows(torch.cat(local) if local else None)
         setattr(metrics, name, [rows] if rows is not None else [])
     return metrics.compute()

@@ -123,8 +123,8 @@ class KNNMetrics(Metrics):
                 f"k-NN evaluation needs labelled samples: {int(memory.sum())} labelled memory and {len(q)} labelled "
                 f"val samples. With an unlabelled train split set features.knn_memory: val (leave-one-out on val)."
             )
-        k = min(5, self.num_classes)
         hits = knn_hits(q, q_targets, m, m_targets, self.cfg, self.num_classes, self.leave_one_out)
+        k = hits.shape[1]  # the top-k ranks knn_hits scored: min(5, classes)
         results = {"val/knn_acc1": 100.0 * hits[:, 0].float().mean().item()}
         if k > 1:
             results[f"val/knn_acc{k}"] = 100.0 * hits.any(dim=1).float().mean().item()
