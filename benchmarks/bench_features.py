@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from kdforge.config import RunConfig, validate_config
+from kdforge.app.pipeline import build_cache, build_task, train
+from kdforge.core.config import RunConfig, validate_config
 from kdforge.data.digits import write_image_folders
 from kdforge.engine.evaluate import evaluate
 from kdforge.models.build import build_model, tapped_model
-from kdforge.pipeline import build_cache, build_task, train
 
 TEACHER = {"source": "timm", "name": "resnet18"}
 STUDENT = {"source": "timm", "name": "test_resnet"}

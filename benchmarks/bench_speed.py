@@ -1,7 +1,7 @@
 """Speed of distillation in one process: a hand-written PyTorch KD loop, kdforge with the live teacher,
 kdforge reading the teacher cache, and kdforge training the student alone; plus the cache's size.
 
-Every kdforge loop is the real ``Trainer._train_epoch`` path built by ``kdforge.pipeline.build_run``
+Every kdforge loop is the real ``Trainer._train_epoch`` path built by ``kdforge.app.pipeline.build_run``
 (``run_dir=None``, no progress bar, no TensorBoard); evaluation is never run. All loops train identical
 student copies on identical in-memory data (``num_workers=0``) with the same optimizer and schedule:
 
@@ -41,13 +41,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdforge.cache.build import cache_report
-from kdforge.config import RunConfig, validate_config
+from kdforge.app.cache.build import cache_report
+from kdforge.app.pipeline import build_loaders, build_run
+from kdforge.app.runtime import setup_process
+from kdforge.core.config import RunConfig, validate_config
 from kdforge.engine.evaluate import to_device
 from kdforge.engine.logger import RunLogger
 from kdforge.engine.trainer import Trainer
-from kdforge.pipeline import build_loaders, build_run
-from kdforge.runtime import setup_process
 
 ALPHA = 0.7  # weight of the KD term; the task (CE) loss gets 1 - ALPHA
 TEMPERATURE = 4.0

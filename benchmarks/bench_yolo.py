@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-import kdforge.detection  # noqa: F401  (offline settings before ultralytics is imported)
-from kdforge.config import load_config
+import kdforge.app.detection  # noqa: F401  (offline settings before ultralytics is imported)
+from kdforge.app.detection.args import ultralytics_args
+from kdforge.app.detection.run import train_detection
+from kdforge.core.config import load_config
 from kdforge.data.shapes import write_detection_shapes
-from kdforge.detection.args import ultralytics_args
-from kdforge.detection.run import train_detection
 
 STUDENT, TEACHER = "yolov8n.yaml", "yolov8s.yaml"
 
@@ -59,10 +59,10 @@ def interleaved_steps(teacher: Path, args: argparse.Namespace, reps: int = 15) -
     from ultralytics.nn.distill_model import DistillationModel
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
-    from kdforge.config import ModelSpec
-    from kdforge.config.detection import DetectDistillConfig
-    from kdforge.detection.criterion import DistillationCriterion
-    from kdforge.detection.teacher import load_teacher
+    from kdforge.app.detection.criterion import DistillationCriterion
+    from kdforge.app.detection.teacher import load_teacher
+    from kdforge.core.config import ModelSpec
+    from kdforge.core.config.detection import DetectDistillConfig
 
     def student() -> DetectionModel:
         model = DetectionModel(STUDENT, nc=3, verbose=False)
@@ -119,17 +119,17 @@ def base_config(args: argparse.Namespace, data: Path, name: str, seed: int, **de
 def run_kdforge(config: dict[str, Any]) -> tuple[dict[str, float], float]:
     """A kdforge run (distilled, or the student alone when the config has no teacher) with its step time."""
     timer = StepTimer()
-    original = kdforge.detection.run.LogBridge.attach
+    original = kdforge.app.detection.run.LogBridge.attach
 
     def attach(bridge: Any, trainer: Any) -> None:  # time the very trainer kdforge builds
         original(bridge, trainer)
         timer.attach(trainer)
 
-    kdforge.detection.run.LogBridge.attach = attach
+    kdforge.app.detection.run.LogBridge.attach = attach
     try:
         result = train_detection(load_config(base=config))
     finally:
-        kdforge.detection.run.LogBridge.attach = original
+        kdforge.app.detection.run.LogBridge.attach = original
     return result.metrics, timer.median_ms()
 
 
@@ -140,7 +140,7 @@ def run_ultralytics_distill(config: dict[str, Any], teacher: Path) -> tuple[dict
     cfg = load_config(base=config)
     run_dir = Path(cfg.output.dir) / cfg.output.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = kdforge.detection.data.prepare_data(cfg.detect.data, run_dir)
+    data = kdforge.app.detection.data.prepare_data(cfg.detect.data, run_dir)
     overrides = {**ultralytics_args(cfg, data.yaml_path, run_dir), "distill_model": str(teacher)}
     torch.set_num_threads(cfg.threads)
     trainer = DetectionTrainer(overrides=overrides)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from kdforge.config import RunConfig, deep_merge, validate_config
+from kdforge.core.config import RunConfig, deep_merge, validate_config
 
 TINY_CNN = {
     "source": "import",

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from kdforge.cli import main
-from kdforge.config import save_config
+from kdforge.app.cli import main
+from kdforge.app.pipeline import RunResult, build_cache, train
+from kdforge.core.config import save_config
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.models import build as model_build
-from kdforge.pipeline import RunResult, build_cache, train
 
 
 def _cache(tmp_path: Path, **values: Any) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def test_training_from_an_existing_cache_never_builds_the_teacher(make_config, t
         raise AssertionError("the teacher network was built during training")
 
     monkeypatch.setattr("kdforge.distill.teachers.build_model", refuse)
-    monkeypatch.setattr("kdforge.pipeline.build_model", counting)
+    monkeypatch.setattr("kdforge.app.pipeline.build_model", counting)
     result = train(config, write=False)
     assert built == ["student"]
     assert result.summary["teacher"]["params"] > result.summary["student"]["params"] > 0  # from the manifest

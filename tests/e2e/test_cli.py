@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdforge.cli import main
+from kdforge.app.cli import main
 from kdforge.data.digits import write_image_folders
 
 CNN = "kdforge.models.zoo:cnn"
@@ -168,7 +168,7 @@ def test_pickled_checkpoint_is_refused_without_trust(folders, tmp_path, capsys):
 
 
 def test_demo_shows_a_real_distillation_gain(tmp_path):
-    from kdforge.demo import run_demo
+    from kdforge.app.demo import run_demo
 
     result = run_demo(tmp_path / "demo", seeds=1)
     assert result["compression"] >= 4.0

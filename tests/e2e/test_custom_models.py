@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from kdforge.config import load_config
+from kdforge.app.pipeline import train
+from kdforge.core.config import load_config
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.models.build import build_model
-from kdforge.pipeline import train
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "multisensor"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import kdforge.detection  # noqa: F401  (offline settings before ultralytics is imported)
-from kdforge.cli import main
+import kdforge.app.detection  # noqa: F401  (offline settings before ultralytics is imported)
+from kdforge.app.cli import main
+from kdforge.app.report.runs import read_records
 from kdforge.data.shapes import write_detection_shapes
-from kdforge.report.runs import read_records
 
 pytestmark = pytest.mark.skipif(find_spec("ultralytics") is None, reason="needs the yolo extra (ultralytics)")
 
@@ -64,8 +64,8 @@ def test_distilled_student_reaches_the_registry_and_ultralytics_validates_it(tmp
     import ultralytics.engine.validator
     import ultralytics.utils
 
-    import kdforge.detection.run
-    from kdforge.detection.offline import config_dir
+    import kdforge.app.detection.run
+    from kdforge.app.detection.offline import config_dir
 
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path)))
@@ -78,8 +78,8 @@ def test_distilled_student_reaches_the_registry_and_ultralytics_validates_it(tmp
     saved_to, validators, amp_checks = [], [], []
     for module in (ultralytics.engine.trainer, ultralytics.engine.validator):
         monkeypatch.setattr(module, "get_save_dir", _recording(module.get_save_dir, saved_to, result=True))
-    validator = _recording(kdforge.detection.run.DetectionValidator, validators)
-    monkeypatch.setattr(kdforge.detection.run, "DetectionValidator", validator)
+    validator = _recording(kdforge.app.detection.run.DetectionValidator, validators)
+    monkeypatch.setattr(kdforge.app.detection.run, "DetectionValidator", validator)
     monkeypatch.setattr(ultralytics.engine.trainer, "check_amp", _recording(lambda model: True, amp_checks))
 
     assert main(["train", "-c", str(path)]) == 0
@@ -139,8 +139,8 @@ def test_student_alone_uses_ultralytics_loss_without_distillation_terms(tmp_path
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, capsys) -> None:
     import torch
 
-    from kdforge.detection.logbridge import LogBridge
-    from kdforge.detection.trainer import KDDetectionTrainer
+    from kdforge.app.detection.logbridge import LogBridge
+    from kdforge.app.detection.trainer import KDDetectionTrainer
 
     config = _config(tmp_path, val_teacher=False)  # feature_weight 1.0: projectors with their own optimizer state
     path = tmp_path / "kd.yaml"
@@ -188,7 +188,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypat
 
 
 def test_detection_flags_map_to_detect_keys_and_alpha_is_refused(tmp_path, monkeypatch, capsys) -> None:
-    from kdforge.detection.run import DetectionResult
+    from kdforge.app.detection.run import DetectionResult
 
     seen = []
 
@@ -196,7 +196,7 @@ def test_detection_flags_map_to_detect_keys_and_alpha_is_refused(tmp_path, monke
         seen.append(config)
         return DetectionResult(tmp_path, {})
 
-    monkeypatch.setattr(kdforge.detection, "train_detection", train)
+    monkeypatch.setattr(kdforge.app.detection, "train_detection", train)
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path)))
     assert main(["train", "-c", str(path), "--temperature", "3.5", "--epochs", "7"]) == 0

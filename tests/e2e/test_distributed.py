@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from kdforge.config import validate_config
+from kdforge.app.pipeline import train
+from kdforge.core.config import validate_config
 from kdforge.engine.checkpoint import load_checkpoint
-from kdforge.pipeline import train
 
 ROOT = Path(__file__).parents[2]
 MLP = {"source": "import", "name": "tests.unit.factories:mlp"}  # no batch statistics: per-process BN would differ
@@ -57,7 +57,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
         "--nproc_per_node",
         "2",
         "-m",
-        "kdforge.cli",
+        "kdforge.app.cli",
         "train",
         *args,
     ]

@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 from torch.utils.data import DataLoader
 
-from kdforge.cache.reading import CachedTeacherDataset
-from kdforge.config import validate_config
+from kdforge.app.cache.reading import CachedTeacherDataset
+from kdforge.app.pipeline import build_run, train
+from kdforge.core.config import validate_config
+from kdforge.core.errors import ConfigError
 from kdforge.data.digits import write_image_folders
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.evaluate import to_device
-from kdforge.errors import ConfigError
 from kdforge.models.build import build_model
-from kdforge.pipeline import build_run, train
 
 TEACHER = {"source": "timm", "name": "test_vit", "kwargs": {"img_size": 32, "patch_size": 8}}
 STUDENT = {"source": "timm", "name": "test_resnet"}

@@ -7,8 +7,8 @@ import json
 import math
 from pathlib import Path
 
-from kdforge.config import RunConfig, validate_config
-from kdforge.pipeline import train
+from kdforge.app.pipeline import train
+from kdforge.core.config import RunConfig, validate_config
 
 
 def _records(run_dir: Path) -> list[dict]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from kdforge.cli import main
+from kdforge.app.cli import main
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.preemption import PREEMPTED_MARKER, StopSignals
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kdforge.cli import main
-from kdforge.pipeline import train
+from kdforge.app.cli import main
+from kdforge.app.pipeline import train
 
 NAMES = ("chromium", "chromium-browser")
 APT_TIMEOUT_S = 900

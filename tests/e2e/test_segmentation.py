@@ -8,10 +8,10 @@ import json
 import pytest
 import yaml
 
-from kdforge.cli import main
-from kdforge.config import validate_config
+from kdforge.app.cli import main
+from kdforge.app.pipeline import train
+from kdforge.core.config import validate_config
 from kdforge.data.shapes import write_segmentation_shapes
-from kdforge.pipeline import train
 
 
 def _config(tmp_path, **overrides) -> dict:
@@ -87,8 +87,8 @@ def test_compare_trains_the_baseline_on_the_same_budget_and_reports_the_differen
 
 
 def test_pixel_kl_skips_the_datasets_unlabelled_value_unless_told_otherwise(tmp_path):
+    from kdforge.app.pipeline import _terms
     from kdforge.distill.schedule import epoch_settings
-    from kdforge.pipeline import _terms
 
     config = validate_config(_config(tmp_path, data={"dataset": "segfolder", "root": str(tmp_path), "ignore_index": 7}))
     terms = {t.name: t.term for t in _terms(config, epoch_settings(config.distill, 0, config.train.epochs))}

@@ -43,7 +43,6 @@ def dataset_without_split(size: int = 4) -> list[tuple[torch.Tensor, int]]:
     return [(torch.zeros(1, 8, 8), 0)] * size
 
 
-
 class SignallingDigits(DigitsDataset):
     """Training digits that send this process `signum` on their `after`-th read, once: when the file `flag`
     does not exist yet (it is created then), so a resumed run reads on undisturbed."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdforge.atomic import atomic_write
+from kdforge.core.atomic import atomic_write
 
 
 def test_writes_the_file_creates_parents_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_interrupt_during_the_write_is_cleaned_up_too(tmp_path: Path) -> None:
 def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
     import os
 
-    from kdforge.atomic import atomic_write
+    from kdforge.core.atomic import atomic_write
 
     mask = os.umask(0o022)
     try:

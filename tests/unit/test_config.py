@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdforge.config import RunConfig, apply_override, deep_merge, load_config
-from kdforge.errors import ConfigError
+from kdforge.core.config import RunConfig, apply_override, deep_merge, load_config
+from kdforge.core.errors import ConfigError
 
 STUDENT = {
     "student": {"source": "import", "name": "kdforge.models.zoo:cnn"},

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdforge.config import validate_config
-from kdforge.demo import _clear_previous_runs, demo_configs
+from kdforge.app.demo import _clear_previous_runs, demo_configs
+from kdforge.core.config import validate_config
 
 
 def _run(folder: Path, with_config: bool = True) -> Path:

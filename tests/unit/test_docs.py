@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from kdforge.config import ModelSpec, RunConfig, deep_merge, load_config
+from kdforge.core.config import ModelSpec, RunConfig, deep_merge, load_config
 from kdforge.distill.losses import TERMS, build_term
 
 DOC = Path(__file__).parents[2] / "docs" / "methods.md"

@@ -11,8 +11,8 @@ import torch
 import yaml
 from PIL import Image
 
-from kdforge import evaluation
-from kdforge.cli import main
+from kdforge.app import evaluation
+from kdforge.app.cli import main
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.models.zoo import cnn
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from kdforge.export import export_all
+from kdforge.app.export import export_all
 from kdforge.models.zoo import SimpleCNN, cnn
 
 
@@ -72,7 +72,7 @@ def test_onnx_export_has_a_dynamic_batch_and_matches_pytorch(tmp_path: Path) -> 
 def test_onnx_export_of_a_dense_prediction_student_matches_within_tolerance(tmp_path: Path) -> None:
     """A segmentation-style student ((B, C, H, W) logits per pixel) exports and matches PyTorch within 1e-4."""
     onnxruntime = pytest.importorskip("onnxruntime")
-    from kdforge.export import ONNX_TOLERANCE
+    from kdforge.app.export import ONNX_TOLERANCE
 
     torch.manual_seed(0)
     net = nn.Sequential(

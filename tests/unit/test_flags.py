@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdforge.config import load_config, merge_files
-from kdforge.flags import apply_short_flags
+from kdforge.app.flags import apply_short_flags
+from kdforge.core.config import load_config, merge_files
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 
@@ -54,7 +54,7 @@ def test_string_flags_stay_strings_and_sources_are_kept():
 def test_teacher_checkpoint_flag_with_several_teachers_says_what_to_set():
     import pytest
 
-    from kdforge.errors import ConfigError
+    from kdforge.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="teachers.NAME.checkpoint"):
         apply_short_flags({"teachers": {"a": {"name": "resnet50"}}}, _flags(teacher_checkpoint="t.pth"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdforge.config import load_config
+from kdforge.core.config import load_config
 from kdforge.distill.losses import build_term
 
 RECIPES = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
@@ -24,7 +24,7 @@ def test_recipe_validates_and_its_terms_build(path: Path):
 
 @functools.cache
 def _module_names(source: str, name: str, kwargs: str) -> frozenset[str]:
-    from kdforge.config import ModelSpec
+    from kdforge.core.config import ModelSpec
     from kdforge.models.build import build_model
 
     spec = ModelSpec(source=source, name=name, kwargs=yaml.safe_load(kwargs))

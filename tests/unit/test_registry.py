@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from kdforge.errors import RegistryError
-from kdforge.registry import Registry, import_object
+from kdforge.core.errors import RegistryError
+from kdforge.core.registry import Registry, import_object
 
 
 def _registry() -> Registry:
@@ -120,7 +120,7 @@ def test_lazy_entry_with_missing_attribute_is_a_registry_error() -> None:
 def test_import_object_walks_attributes() -> None:
     assert import_object("collections:OrderedDict") is collections.OrderedDict
     assert import_object("collections:OrderedDict.fromkeys") == collections.OrderedDict.fromkeys
-    assert import_object("kdforge.registry:Registry") is Registry
+    assert import_object("kdforge.core.registry:Registry") is Registry
 
 
 @pytest.mark.parametrize("path", ["collections", "collections:", ":OrderedDict", ""])

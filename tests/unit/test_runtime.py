@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from kdforge import runtime
-from kdforge.errors import ConfigError
-from kdforge.runtime import default_threads, new_run_dir, resolve_device, write_run_files
+from kdforge.app import runtime
+from kdforge.app.runtime import default_threads, new_run_dir, resolve_device, write_run_files
+from kdforge.core.errors import ConfigError
 
 
 def _head_commit() -> str | None:

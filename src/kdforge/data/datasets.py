@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from kdforge.config import DataConfig
+from kdforge.core.config import DataConfig
+from kdforge.core.errors import DataError
+from kdforge.core.registry import Registry, import_object
 from kdforge.data.inputs import is_inputs
-from kdforge.errors import DataError
-from kdforge.registry import Registry, import_object
 
 UNLABELLED = -1
 DatasetFactory = Callable[[DataConfig, str, bool], Dataset]  # (data config, split, whether to augment)

@@ -21,9 +21,9 @@ import torchvision.transforms.functional as F
 from PIL import Image, ImageFilter
 from torchvision.transforms import InterpolationMode
 
-from kdforge.config import DataConfig
+from kdforge.core.config import DataConfig
+from kdforge.core.errors import ConfigError
 from kdforge.data.views import IMAGE_MODES, INTERPOLATIONS, check_params, crop_box, interpolation_index
-from kdforge.errors import ConfigError
 
 JITTER_NAMES = ("brightness", "contrast", "saturation", "hue")
 JITTER_STRENGTH = (0.4, 0.4, 0.2, 0.1)  # DINO's ColorJitter(0.4, 0.4, 0.2, 0.1)

@@ -16,8 +16,8 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from kdforge.config import DataConfig
-from kdforge.errors import DataError
+from kdforge.core.config import DataConfig
+from kdforge.core.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _IMAGE_MODES = {1: "L", 3: "RGB"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kdforge.config import DataConfig
-from kdforge.errors import ConfigError
+from kdforge.core.config import DataConfig
+from kdforge.core.errors import ConfigError
 
 
 def image_transform(cfg: DataConfig, train: bool) -> Callable:

@@ -17,9 +17,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
-from kdforge.config import DataConfig
+from kdforge.core.config import DataConfig
+from kdforge.core.errors import DataError
 from kdforge.data.inputs import inputs_equal
-from kdforge.errors import DataError
 
 if TYPE_CHECKING:
     from kdforge.data.multicrop import MultiCropTransform

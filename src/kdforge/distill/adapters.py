@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdforge.core.errors import ConfigError
 from kdforge.data.inputs import Inputs, map_inputs
-from kdforge.errors import ConfigError
 
 TokenLayout = tuple[int, int, int]  # (prefix tokens, grid height, grid width)
 _LAYOUTS: dict[int, TokenLayout] = {}  # by token count; filled from the models when the Distiller is set up

@@ -16,10 +16,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from kdforge.core.errors import ConfigError
 from kdforge.distill.adapters import register_token_layout
 from kdforge.distill.losses.base import DistillTerm, Outputs
 from kdforge.distill.schedule import EpochSettings
-from kdforge.errors import ConfigError
 from kdforge.models.multicrop import global_crops
 from kdforge.models.taps import TAP_PREFIX
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kdforge.config import DistillConfig, ScheduledValue
+from kdforge.core.config import DistillConfig, ScheduledValue
 
 
 def schedule_value(value: float | ScheduledValue, epoch: int, total_epochs: int) -> float:

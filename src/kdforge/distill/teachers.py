@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdforge.config import RunConfig, TeacherRuntimeConfig
+from kdforge.core.config import RunConfig, TeacherRuntimeConfig
 from kdforge.data.inputs import Inputs, first_tensor, map_inputs
 from kdforge.distill.adapters import InputAdapter
 from kdforge.distill.distiller import DEFAULT_TEACHER
@@ -77,7 +77,7 @@ def _moved(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.T
 
 def teacher_device(config: RunConfig, device: torch.device) -> torch.device:
     """Where the teachers run: ``teacher_runtime.device``, else the run's device."""
-    from kdforge.runtime import resolve_device
+    from kdforge.app.runtime import resolve_device
 
     return resolve_device(config.teacher_runtime.device) if config.teacher_runtime.device else device
 
@@ -150,8 +150,8 @@ TEACHER_LATENCY_RUNS = 5  # a big teacher's CPU forward can take a second; fewer
 
 
 def teacher_profile(teacher: TeacherRunner, example: Inputs) -> dict[str, Any]:
-    """The report's cost figures of one teacher (`kdforge.report.profile`) on `example`, the batch-1 input it
+    """The report's cost figures of one teacher (`kdforge.app.report.profile`) on `example`, the batch-1 input it
     reads (through its input adapter)."""
-    from kdforge.report.profile import model_profile
+    from kdforge.app.report.profile import model_profile
 
     return model_profile(teacher.net.model, example, runs=TEACHER_LATENCY_RUNS, adapter=teacher.net.adapter)

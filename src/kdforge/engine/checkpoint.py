@@ -1,6 +1,6 @@
 """Training checkpoints: state dicts and plain data only, written atomically.
 
-Checkpoints are written atomically (`kdforge.atomic`), so a crash never leaves a broken ``last.pt`` and
+Checkpoints are written atomically (`kdforge.core.atomic`), so a crash never leaves a broken ``last.pt`` and
 never replaces a good checkpoint with a partial one.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdforge.atomic import atomic_write
-from kdforge.errors import CheckpointError
+from kdforge.core.atomic import atomic_write
+from kdforge.core.errors import CheckpointError
 
 FORMAT = "kdforge-checkpoint"
 VERSION = 1

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdforge.core.distributed import sum_across
 from kdforge.distill.losses.base import softened_kl
-from kdforge.engine.distributed import sum_across
 from kdforge.engine.evaluate import autocast_context, to_device
 
 TASK = "task"  # the task loss's part name (Distiller.forward); every other part is a distillation term

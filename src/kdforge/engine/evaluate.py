@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kdforge.core.distributed import gather_varying_rows, sum_attributes
 from kdforge.data.inputs import map_inputs
-from kdforge.engine.distributed import gather_varying_rows, sum_attributes
 from kdforge.tasks.base import Task
 
 

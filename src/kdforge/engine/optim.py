@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdforge.config import OptimizerConfig, ScheduleConfig
-from kdforge.registry import Registry
+from kdforge.core.config import OptimizerConfig, ScheduleConfig
+from kdforge.core.registry import Registry
 
 OptimizerFactory = Callable[[list[dict[str, Any]], OptimizerConfig], torch.optim.Optimizer]
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")

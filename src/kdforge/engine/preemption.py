@@ -12,7 +12,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from kdforge.errors import KDForgeError
+from kdforge.core.errors import KDForgeError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 PREEMPTED_MARKER = "PREEMPTED"  # in the run directory while a stopped run waits to be resumed

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdforge.config import CheckpointConfig, EarlyStoppingConfig
-from kdforge.errors import ConfigError, did_you_mean
+from kdforge.core.config import CheckpointConfig, EarlyStoppingConfig
+from kdforge.core.errors import ConfigError, did_you_mean
 
 
 @dataclass

@@ -20,7 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdforge.config import RunConfig
+from kdforge.app.runtime import seed_everything
+from kdforge.core.config import RunConfig
+from kdforge.core.distributed import average_buffers, barrier, current_world, min_across, sum_across, wrap
+from kdforge.core.errors import CheckpointError, NonFiniteLossError
 from kdforge.data.inputs import batch_size
 from kdforge.distill.distiller import Distiller
 from kdforge.engine.buffers import BufferSnapshot
@@ -34,7 +37,6 @@ from kdforge.engine.checkpoint import (
     set_rng_state,
 )
 from kdforge.engine.diagnostics import Diagnosis, gradient_shares, teacher_agreement
-from kdforge.engine.distributed import average_buffers, barrier, current_world, min_across, sum_across, wrap
 from kdforge.engine.ema import ModelEma
 from kdforge.engine.evaluate import autocast_context, evaluate, resolve_amp, to_device
 from kdforge.engine.logger import RunLogger
@@ -43,9 +45,7 @@ from kdforge.engine.optim import build_optimizer, build_scheduler
 from kdforge.engine.preemption import PREEMPTED_MARKER, Preempted, StopSignals
 from kdforge.engine.progress import TrainState, metric, track_best, track_early_stopping
 from kdforge.engine.timing import StepTimer, progress_info
-from kdforge.errors import CheckpointError, NonFiniteLossError
 from kdforge.models.taps import TappedModel
-from kdforge.runtime import seed_everything
 from kdforge.tasks.base import Task
 
 

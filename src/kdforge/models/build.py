@@ -7,12 +7,12 @@ from typing import Any, Literal
 
 from torch import nn
 
-from kdforge.config import ModelSpec
+from kdforge.core.config import ModelSpec
+from kdforge.core.errors import KDForgeError, RegistryError, did_you_mean
+from kdforge.core.registry import Registry, import_object
 from kdforge.data.inputs import ForwardAdapter
-from kdforge.errors import KDForgeError, RegistryError, did_you_mean
 from kdforge.models.checkpoint import load_weights
 from kdforge.models.taps import TappedModel
-from kdforge.registry import Registry, import_object
 
 ModelFactory = Callable[[str, dict[str, Any]], nn.Module]
 MODEL_SOURCES: Registry[ModelFactory] = Registry("model source")

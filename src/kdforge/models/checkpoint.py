@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdforge.core.errors import CheckpointError, UntrustedCheckpointError
 from kdforge.engine.checkpoint import FORMAT as TRAINING_FORMAT
-from kdforge.errors import CheckpointError, UntrustedCheckpointError
 
 # Where common trainers nest the weights, in the order they are tried.
 NESTED_KEYS = ("model", "state_dict", "model_ema", "student", "ema", "module")

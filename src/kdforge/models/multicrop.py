@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from kdforge.core.errors import ConfigError
 from kdforge.data.inputs import Inputs
-from kdforge.errors import ConfigError
 from kdforge.models.taps import TAP_PREFIX, TappedModel
 
 Outputs = dict[str, torch.Tensor]

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdforge.core.errors import ConfigError, closest
 from kdforge.data.inputs import ForwardAdapter, Inputs, call_model
-from kdforge.errors import ConfigError, closest
 
 TAP_PREFIX = "feat:"
 

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from kdforge.config import RunConfig
-from kdforge.errors import ClassCountMismatchError, DataError
-from kdforge.registry import Registry
+from kdforge.core.config import RunConfig
+from kdforge.core.errors import ClassCountMismatchError, DataError
+from kdforge.core.registry import Registry
 
 Outputs = dict[str, torch.Tensor]
 

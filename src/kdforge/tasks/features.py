@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from kdforge.config import FeaturesConfig
+from kdforge.core.config import FeaturesConfig
+from kdforge.core.errors import ClassCountMismatchError, DataError
 from kdforge.data.datasets import UNLABELLED
 from kdforge.distill.distiller import student_zero
-from kdforge.errors import ClassCountMismatchError, DataError
 from kdforge.tasks.base import Metrics, Outputs, Task
 
 KNN_QUERY_CHUNK = 1024  # queries scored at once: bounds the (queries x memory) similarity matrix

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from kdforge.errors import DataError
+from kdforge.core.errors import DataError
 from kdforge.tasks.base import Metrics, Outputs, Task
 
 

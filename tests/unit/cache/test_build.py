@@ -15,16 +15,16 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from kdforge.cache import build as build_module
-from kdforge.cache.build import open_cache, resolve_views
-from kdforge.cache.reading import CachedTeacherDataset, TeacherCache
-from kdforge.cache.store import PARAMS, PROGRESS, CacheReader, CacheWriter, partial_dir
-from kdforge.config import CacheConfig
+from kdforge.app.cache import build as build_module
+from kdforge.app.cache.build import open_cache, resolve_views
+from kdforge.app.cache.reading import CachedTeacherDataset, TeacherCache
+from kdforge.app.cache.store import PARAMS, PROGRESS, CacheReader, CacheWriter, partial_dir
+from kdforge.app.pipeline import build_cache, build_loaders, build_task
+from kdforge.core.config import CacheConfig
+from kdforge.core.errors import CacheError, StaleCacheError
 from kdforge.data.datasets import BatchDict
 from kdforge.data.digits import DigitsDataset
-from kdforge.errors import CacheError, StaleCacheError
 from kdforge.models.zoo import cnn
-from kdforge.pipeline import build_cache, build_loaders, build_task
 
 DIGITS_TRAIN = 1347  # rows of a one-view digits cache
 HERE = "tests.unit.cache.test_build"
@@ -441,7 +441,7 @@ def test_a_cache_dir_that_is_another_folder_is_refused_and_left_alone(make_confi
 def test_a_second_builder_waits_for_the_first_and_then_finds_the_cache_built(make_config, tmp_path):
     import threading
 
-    from kdforge.cache.store import build_lock
+    from kdforge.app.cache.store import build_lock
 
     config = make_config(cache=_cache_section(tmp_path))
     path = Path(config.cache.dir).resolve()
@@ -490,7 +490,7 @@ def test_a_teacher_output_that_changes_shape_between_batches_is_refused(tmp_path
 
 
 def test_a_previous_cache_left_between_the_renames_is_removed_by_the_next_build(make_config, tmp_path):
-    from kdforge.cache.store import old_dir
+    from kdforge.app.cache.store import old_dir
 
     config = make_config(cache=_cache_section(tmp_path))
     old = old_dir((tmp_path / "cache").resolve())
@@ -501,7 +501,7 @@ def test_a_previous_cache_left_between_the_renames_is_removed_by_the_next_build(
 
 
 def test_in_memory_random_views_fingerprint_the_same_whatever_the_run_seed():
-    from kdforge.cache.fingerprint import dataset_listing
+    from kdforge.app.cache.fingerprint import dataset_listing
 
     dataset = _Flipping("train")
     torch.manual_seed(1)
@@ -511,7 +511,7 @@ def test_in_memory_random_views_fingerprint_the_same_whatever_the_run_seed():
 
 
 def test_caching_a_config_without_teacher_is_an_error(make_config, tmp_path):
-    from kdforge.errors import ConfigError
+    from kdforge.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="nothing to cache"):
         build_cache(make_config(teacher=None, distill={"terms": []}, cache={"dir": str(tmp_path / "c")}))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdforge.cache.build import cache_report
-from kdforge.cache.store import PARAMS, PROGRESS, CacheReader, CacheWriter, partial_dir, read_manifest
-from kdforge.errors import CacheError
+from kdforge.app.cache.build import cache_report
+from kdforge.app.cache.store import PARAMS, PROGRESS, CacheReader, CacheWriter, partial_dir, read_manifest
+from kdforge.core.errors import CacheError
 
 ROWS, CLASSES, K = 6, 5, 2
 EXTRA = {"teacher_metrics": {"teacher": {"val/acc1": 50.0}}, "teacher_params": {"teacher": 7}, "token_layouts": {}}

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdforge.cache.build import cache_report, encode_outputs
-from kdforge.cache.store import CacheReader, CacheWriter
-from kdforge.cache.topk import decode_topk, encode_topk, index_dtype
-from kdforge.config import CacheConfig
+from kdforge.app.cache.build import cache_report, encode_outputs
+from kdforge.app.cache.store import CacheReader, CacheWriter
+from kdforge.app.cache.topk import decode_topk, encode_topk, index_dtype
+from kdforge.core.config import CacheConfig
+from kdforge.core.errors import CacheError
 from kdforge.distill.losses.logit import kd_divergence
-from kdforge.errors import CacheError
 
 
 def _logits(*shape: int, seed: int = 0, scale: float = 3.0) -> torch.Tensor:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from kdforge.config import DataConfig
+from kdforge.core.config import DataConfig
+from kdforge.core.errors import DataError
 from kdforge.data.datasets import UNLABELLED, BatchDict, build_dataset, dataset_targets, labelled_subset
-from kdforge.errors import DataError
 
 # Class sizes 10, 6 and 4, interleaved.
 TARGETS = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 0, 1, 0, 0, 0, 0]

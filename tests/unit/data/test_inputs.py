@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from kdforge.core.errors import DataError
 from kdforge.data.datasets import BatchDict
 from kdforge.data.inputs import batch_size, call_model, first_tensor, inputs_equal, is_inputs, map_inputs
 from kdforge.engine.evaluate import to_device
-from kdforge.errors import DataError
 from kdforge.models.taps import TappedModel
 
 NESTED = {"camera": torch.ones(2, 3), "radar": {"near": torch.zeros(2, 1), "far": torch.full((2, 4), 2.0)}}

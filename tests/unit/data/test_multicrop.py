@@ -12,12 +12,12 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from kdforge.config import AugmentConfig, DataConfig, MultiCropConfig
+from kdforge.core.config import AugmentConfig, DataConfig, MultiCropConfig
+from kdforge.core.errors import ConfigError, DataError
 from kdforge.data.datasets import BatchDict, build_dataset
 from kdforge.data.multicrop import CROP_PARAMS, JITTER_IDENTITY, JITTER_ORDERS, MultiCropTransform
 from kdforge.data.transforms import image_transform
 from kdforge.data.views import ReplayableImages, ViewTransform
-from kdforge.errors import ConfigError, DataError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 N = len(CROP_PARAMS)

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from kdforge.config import DataConfig
+from kdforge.core.config import DataConfig
+from kdforge.core.errors import DataError
 from kdforge.data.datasets import build_dataset
 from kdforge.data.segmentation import SegmentationFolder
 from kdforge.data.shapes import write_segmentation_shapes
-from kdforge.errors import DataError
 
 IGNORE = 255
 PALETTE = {0: (255, 0, 0), 1: (0, 255, 0), 2: (0, 0, 255), IGNORE: (255, 255, 255)}  # mask id -> pixel colour

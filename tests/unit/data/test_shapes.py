@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdforge.cli import main
+from kdforge.app.cli import main
 from kdforge.data.shapes import WRITERS, write_segmentation_shapes
 
 

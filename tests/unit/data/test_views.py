@@ -14,11 +14,11 @@ from torch.utils.data import TensorDataset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import InterpolationMode
 
-from kdforge.config import AugmentConfig, DataConfig
+from kdforge.core.config import AugmentConfig, DataConfig
+from kdforge.core.errors import DataError
 from kdforge.data.datasets import UNLABELLED, BatchDict
 from kdforge.data.transforms import image_transform
 from kdforge.data.views import JITTER_ORDERS, PARAM_NAMES, ReplayableImages, ViewTransform, central_crop
-from kdforge.errors import DataError
 
 SIZES = [(20, 14), (9, 17), (16, 16), (17, 16), (31, 12)]  # (width, height); 17x16 rounds sqrt(area) to 16
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

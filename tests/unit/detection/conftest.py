@@ -1,3 +1,3 @@
-"""Detection tests: kdforge.detection is imported first, so Ultralytics starts offline with kdforge's settings."""
+"""Detection tests: kdforge.app.detection is imported first, so Ultralytics starts offline with kdforge's settings."""
 
-import kdforge.detection  # noqa: F401
+import kdforge.app.detection  # noqa: F401

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from kdforge.config import load_config
-from kdforge.errors import ConfigError
+from kdforge.core.config import load_config
+from kdforge.core.errors import ConfigError
 
 
 def _config(**detect: Any) -> dict[str, Any]:
@@ -83,8 +83,8 @@ def test_extra_may_not_override_what_kdforge_sets(name: str) -> None:
 
 def test_every_argument_kdforge_passes_to_ultralytics_is_reserved(tmp_path: Path) -> None:
     pytest.importorskip("ultralytics")
-    from kdforge.config.detection import RESERVED_ARGS
-    from kdforge.detection.args import ultralytics_args
+    from kdforge.app.detection.args import ultralytics_args
+    from kdforge.core.config.detection import RESERVED_ARGS
 
     config = load_config(base={**_config(), "device": "cpu"})
     assert set(ultralytics_args(config, tmp_path / "data.yaml", tmp_path)) <= RESERVED_ARGS

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdforge.config.detection import DetectConfig, DetectDistillConfig, RegistryConfig
-from kdforge.detection.export import export_to_registry, next_version
+from kdforge.app.detection.export import export_to_registry, next_version
+from kdforge.core.config.detection import DetectConfig, DetectDistillConfig, RegistryConfig
 
 needs_ultralytics = pytest.mark.skipif(find_spec("ultralytics") is None, reason="needs the yolo extra (ultralytics)")
 
@@ -41,8 +41,8 @@ def _batch() -> dict[str, torch.Tensor]:
 
 @needs_ultralytics
 def test_distillation_is_zero_when_the_student_outputs_equal_the_teachers() -> None:
-    from kdforge.detection.criterion import DistillationCriterion
-    from kdforge.detection.teacher import teacher_forward
+    from kdforge.app.detection.criterion import DistillationCriterion
+    from kdforge.app.detection.teacher import teacher_forward
 
     student, teacher = _models()
     criterion = DistillationCriterion(student, teacher, DetectDistillConfig(topk=10), None)
@@ -55,7 +55,7 @@ def test_distillation_is_zero_when_the_student_outputs_equal_the_teachers() -> N
 
 @needs_ultralytics
 def test_the_loss_is_weighted_detection_plus_distillation_and_eval_reads_zero() -> None:
-    from kdforge.detection.criterion import DistillationCriterion
+    from kdforge.app.detection.criterion import DistillationCriterion
 
     student, teacher = _models()
     cfg = DetectDistillConfig(lambda_detection=2.0, lambda_distillation=0.5, lambda_dist_ciou=3.0, topk=0.1)
@@ -80,7 +80,7 @@ def test_the_loss_is_weighted_detection_plus_distillation_and_eval_reads_zero() 
 @needs_ultralytics
 @pytest.mark.parametrize("part", ["kd_ciou", "kd_kl"])
 def test_each_distillation_term_sends_gradient_to_the_students_head(part: str) -> None:
-    from kdforge.detection.criterion import DistillationCriterion
+    from kdforge.app.detection.criterion import DistillationCriterion
 
     student, teacher = _models()
     with torch.no_grad():  # a teacher that differs from the student, so every term is non-zero
@@ -101,7 +101,7 @@ def test_each_distillation_term_sends_gradient_to_the_students_head(part: str) -
 def test_feature_projectors_map_student_to_teacher_channels() -> None:
     from ultralytics.nn.tasks import DetectionModel
 
-    from kdforge.detection.criterion import build_projectors
+    from kdforge.app.detection.criterion import build_projectors
 
     student = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
     teacher = DetectionModel("yolov8s.yaml", nc=3, verbose=False)
@@ -112,7 +112,7 @@ def test_feature_projectors_map_student_to_teacher_channels() -> None:
 
 def test_fitness_uses_the_configured_weights() -> None:
     pytest.importorskip("ultralytics")
-    from kdforge.detection.trainer import fitness_of
+    from kdforge.app.detection.trainer import fitness_of
 
     metrics = {
         "metrics/precision(B)": 0.8,
@@ -128,7 +128,7 @@ def test_fitness_uses_the_configured_weights() -> None:
 
 def test_loss_and_val_records_use_kdforge_names() -> None:
     pytest.importorskip("ultralytics")
-    from kdforge.detection.logbridge import loss_record, val_record
+    from kdforge.app.detection.logbridge import loss_record, val_record
 
     record = loss_record({"box_loss": 1.0, "cls_loss": 2.0, "kd_kl": 0.5}, {"box": 2.0, "cls": 2.0, "kd_kl": 1.5})
     assert record == {
@@ -160,7 +160,7 @@ def test_registry_versions_count_up_and_latest_follows(tmp_path: Path) -> None:
 
 
 def test_racing_exports_claim_distinct_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kdforge.detection.export as export
+    import kdforge.app.detection.export as export
 
     monkeypatch.setattr(export, "next_version", lambda base: 1)  # both read the folder before either wrote
     model = tmp_path / "best.pt"
@@ -187,7 +187,7 @@ def test_a_registry_with_a_latest_folder_moves_to_the_link(tmp_path: Path) -> No
 
 @needs_ultralytics
 def test_a_deep_copy_of_the_student_carries_no_criterion_nor_teacher() -> None:
-    from kdforge.detection.criterion import DistillationCriterion
+    from kdforge.app.detection.criterion import DistillationCriterion
 
     student, teacher = _models()
     student.criterion = DistillationCriterion(student, teacher, DetectDistillConfig(), None)
@@ -201,8 +201,8 @@ def test_a_deep_copy_of_the_student_carries_no_criterion_nor_teacher() -> None:
 
 @needs_ultralytics
 def test_softmax_kl_is_refused_for_one_class() -> None:
-    from kdforge.detection.criterion import check_kl_mode
-    from kdforge.errors import ConfigError
+    from kdforge.app.detection.criterion import check_kl_mode
+    from kdforge.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="kl: sigmoid"):
         check_kl_mode(DetectDistillConfig(), nc=1)
@@ -212,8 +212,8 @@ def test_softmax_kl_is_refused_for_one_class() -> None:
 
 
 def test_detection_is_refused_on_several_devices(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kdforge.detection.args import check_single_process, device_arg
-    from kdforge.errors import ConfigError
+    from kdforge.app.detection.args import check_single_process, device_arg
+    from kdforge.core.errors import ConfigError
 
     assert device_arg("cuda:1") == "1"
     with pytest.raises(ConfigError, match="several devices"):
@@ -227,7 +227,7 @@ def test_detection_is_refused_on_several_devices(monkeypatch: pytest.MonkeyPatch
 
 def test_non_finite_values_are_left_out_of_records() -> None:
     pytest.importorskip("ultralytics")
-    from kdforge.detection.logbridge import finite
+    from kdforge.app.detection.logbridge import finite
 
     assert finite({"grad_norm": float("inf"), "lr": 0.01, "fitness": float("nan"), "epoch": 1}) == {
         "lr": 0.01,
@@ -238,7 +238,7 @@ def test_non_finite_values_are_left_out_of_records() -> None:
 @needs_ultralytics
 def test_ultralytics_starts_offline_with_its_settings_in_kdforges_folder(tmp_path: Path) -> None:
     code = (
-        "import os, kdforge.detection, ultralytics.utils as u;"
+        "import os, kdforge.app.detection, ultralytics.utils as u;"
         "print(*(u.SETTINGS[k] for k in ('runs_dir', 'weights_dir', 'datasets_dir')), u.RUNS_DIR, u.DATASETS_DIR);"
         "print(u.ONLINE, u.AUTOINSTALL, u.USER_CONFIG_DIR, (u.USER_CONFIG_DIR / 'Arial.ttf').is_file())"
     )

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from kdforge.config.detection import DetectDataConfig
+from kdforge.app.detection.data import check_label_file, prepare_data
+from kdforge.core.config.detection import DetectDataConfig
+from kdforge.core.errors import ClassCountMismatchError, DataError
 from kdforge.data.shapes import DETECTION_CLASSES, write_detection_shapes
-from kdforge.detection.data import check_label_file, prepare_data
-from kdforge.errors import ClassCountMismatchError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,8 @@ def test_an_existing_data_yaml_is_written_resolved_into_the_run(shapes: Path, tm
 
 def test_ultralytics_dataset_errors_become_data_errors(tmp_path: Path) -> None:
     pytest.importorskip("ultralytics")
-    from kdforge.config.detection import DetectConfig
-    from kdforge.detection.trainer import KDDetectionTrainer
+    from kdforge.app.detection.trainer import KDDetectionTrainer
+    from kdforge.core.config.detection import DetectConfig
 
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump({"train": str(tmp_path / "nowhere"), "val": str(tmp_path / "nowhere")}))

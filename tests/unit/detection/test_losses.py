@@ -1,4 +1,4 @@
-"""Top-K response KD and feature imitation (kdforge.detection.losses) against hand computations."""
+"""Top-K response KD and feature imitation (kdforge.app.detection.losses) against hand computations."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kdforge.detection.losses import (
+from kdforge.app.detection.losses import (
     HeadOutputs,
     ciou,
     ciou_loss,

@@ -131,7 +131,7 @@ def test_a_registered_token_layout_handles_registers_and_non_square_grids() -> N
 
 
 def test_an_ambiguous_token_count_is_refused() -> None:
-    from kdforge.errors import ConfigError
+    from kdforge.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cannot tell the patch grid of 110 tokens"):
         tokens_to_map(torch.randn(1, 110, 4))  # 10x10 + 10 prefix tokens? or 10x11? unknown

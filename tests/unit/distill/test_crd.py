@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from kdforge.core.errors import ConfigError, DataError
 from kdforge.distill.losses import build_term
 from kdforge.distill.losses.crd import CRD
-from kdforge.errors import ConfigError, DataError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -237,7 +237,7 @@ def test_distiller_feeds_the_teacher_through_its_input_adapter() -> None:
 
 
 def test_a_term_that_does_not_fit_the_models_is_named_at_setup() -> None:
-    from kdforge.errors import ConfigError
+    from kdforge.core.errors import ConfigError
 
     torch.manual_seed(0)
     student = TappedModel(cnn(num_classes=CLASSES, in_chans=3, widths=[4, 8]), {"p": "pool"})

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from kdforge.core.errors import ConfigError
 from kdforge.distill.losses import build_term
 from kdforge.distill.losses.feature import AttentionTransfer, CosineMatch, SmoothL1Match
-from kdforge.errors import ConfigError
 
 TOL = {torch.float64: {"rtol": 1e-9, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-6}}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])

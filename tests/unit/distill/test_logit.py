@@ -13,9 +13,9 @@ import math
 import pytest
 import torch
 
+from kdforge.core.errors import ConfigError
 from kdforge.distill.losses import build_term
 from kdforge.distill.losses.logit import DIST, DKD, kd_divergence
-from kdforge.errors import ConfigError
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}  # float32 inputs
 TOLS = {torch.float64: {"rtol": 1e-9, "atol": 1e-12}, torch.float32: TOL}

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from kdforge.core.errors import ConfigError, RegistryError
 from kdforge.distill.losses import build_term
 from kdforge.distill.losses.feature import FitNet
 from kdforge.distill.losses.logit import HintonKD, kd_divergence
-from kdforge.errors import ConfigError, RegistryError
 
 
 def _softmax64(z: torch.Tensor) -> torch.Tensor:

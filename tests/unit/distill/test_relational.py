@@ -12,8 +12,8 @@ import itertools
 import pytest
 import torch
 
+from kdforge.core.errors import ConfigError
 from kdforge.distill.losses import build_term
-from kdforge.errors import ConfigError
 
 TOL = {torch.float64: {"rtol": 1e-9, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-6}}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])

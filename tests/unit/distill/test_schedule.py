@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from kdforge.config import DistillConfig, ScheduledValue
+from kdforge.app.pipeline import train
+from kdforge.core.config import DistillConfig, ScheduledValue
+from kdforge.core.errors import ConfigError
 from kdforge.distill.schedule import epoch_settings, schedule_value
-from kdforge.errors import ConfigError
-from kdforge.pipeline import train
 
 
 def test_linear_cosine_and_constant_schedules():

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from kdforge.app.pipeline import build_task, train
 from kdforge.distill.teachers import build_teachers
-from kdforge.pipeline import build_task, train
 
 
 def _teacher(make_config, **runtime):
@@ -72,8 +72,7 @@ def test_training_with_a_bf16_cpu_teacher_runs(make_config):
 
 
 def test_an_unknown_teacher_device_is_a_config_error(make_config):
-    from kdforge.errors import ConfigError
+    from kdforge.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not a valid torch device"):
         _teacher(make_config, device="tpu:0")
-

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from kdforge.core.errors import CheckpointError
 from kdforge.engine.checkpoint import FORMAT, atomic_save, load_checkpoint, rng_state, set_rng_state
-from kdforge.errors import CheckpointError
 
 
 def _ckpt(value: float) -> dict:

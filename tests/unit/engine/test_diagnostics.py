@@ -239,7 +239,7 @@ def test_patience_below_one_is_refused() -> None:
 def test_a_run_logs_gradient_shares_every_n_steps_and_teacher_agreement_per_evaluation(make_config):
     import json
 
-    from kdforge.pipeline import train
+    from kdforge.app.pipeline import train
 
     result = train(make_config(log={"progress": False, "tensorboard": False, "diagnostics_every_steps": 2}))
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kdforge.engine.distributed import gather_varying_rows
+from kdforge.core.distributed import gather_varying_rows
 
 ROWS = (3, 1, 0, None)  # rank 0 has 3 rows, rank 1 one (an uneven val split), rank 2 none, rank 3 no tensor at all
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdforge.config import OptimizerConfig, ScheduleConfig
+from kdforge.core.config import OptimizerConfig, ScheduleConfig
+from kdforge.core.errors import ConfigError
 from kdforge.engine.optim import build_optimizer, build_scheduler, lr_factor
-from kdforge.errors import ConfigError
 
 # --- lr_factor ------------------------------------------------------------------------------------
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+from kdforge.app.pipeline import train
 from kdforge.data.digits import DigitsDataset
 from kdforge.engine.logger import RunLogger
 from kdforge.engine.timing import StepTimer
 from kdforge.models.zoo import cnn
-from kdforge.pipeline import train
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 TIME_KEYS = ("time/data_ms", "time/teacher_ms", "time/student_ms", "time/optimizer_ms")

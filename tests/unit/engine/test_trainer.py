@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from kdforge.config import ModelSpec
+from kdforge.app.pipeline import train
+from kdforge.app.resume import resume_config
+from kdforge.core.config import ModelSpec
+from kdforge.core.errors import ConfigError, NonFiniteLossError
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.evaluate import to_device
 from kdforge.engine.trainer import Trainer
-from kdforge.errors import ConfigError, NonFiniteLossError
-from kdforge.pipeline import train
-from kdforge.resume import resume_config
 
 
 class _Crash(RuntimeError):
@@ -134,7 +134,7 @@ def test_checkpoint_files_and_pruning(make_config):
 
 
 def test_teacher_weights_are_bit_identical_after_training(make_config, monkeypatch, tmp_path):
-    from kdforge import pipeline
+    from kdforge.app import pipeline
     from kdforge.distill import teachers
     from kdforge.models.zoo import cnn
 
@@ -333,7 +333,7 @@ def test_to_device_makes_only_4d_inputs_channels_last():
 
 
 def test_checkpoint_names_follow_the_configured_layout(make_config):
-    from kdforge.evaluation import checkpoint_path
+    from kdforge.app.evaluation import checkpoint_path
 
     checkpoint = {
         "every_epochs": 1,
@@ -351,7 +351,7 @@ def test_checkpoint_names_follow_the_configured_layout(make_config):
     ("field", "name"), [("epoch_name", "epoch.pth"), ("step_name", "step_{epoch}.pt"), ("best_name", "last.pt")]
 )
 def test_checkpoint_names_without_their_number_or_clashing_with_last_are_refused(make_config, field, name):
-    from kdforge.errors import ConfigError
+    from kdforge.core.errors import ConfigError
 
     with pytest.raises((ConfigError, ValueError), match=field.split("_")[0] if field != "best_name" else "last.pt"):
         make_config(train={"checkpoint": {field: name}})

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdforge.config import ModelSpec
-from kdforge.errors import KDForgeError, RegistryError
+from kdforge.core.config import ModelSpec
+from kdforge.core.errors import KDForgeError, RegistryError
 from kdforge.models.build import build_model, count_parameters
 from kdforge.models.zoo import SimpleCNN
 
@@ -82,8 +82,8 @@ def test_bad_factory_kwargs_name_the_model() -> None:
 
 
 def test_smp_models_never_download_and_bad_arguments_are_named():
-    from kdforge.config import ModelSpec
-    from kdforge.errors import KDForgeError
+    from kdforge.core.config import ModelSpec
+    from kdforge.core.errors import KDForgeError
     from kdforge.models.build import build_model
 
     with pytest.raises(KDForgeError, match="never downloads weights"):

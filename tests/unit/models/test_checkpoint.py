@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from kdforge.config import ModelSpec
+from kdforge.core.config import ModelSpec
+from kdforge.core.errors import CheckpointError, UntrustedCheckpointError
 from kdforge.engine.checkpoint import FORMAT
-from kdforge.errors import CheckpointError, UntrustedCheckpointError
 from kdforge.models.build import build_model
 from kdforge.models.checkpoint import load_weights, read_state_dict
 from kdforge.models.zoo import SimpleCNN

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdforge.config import ModelSpec
-from kdforge.errors import KDForgeError, RegistryError
+from kdforge.core.config import ModelSpec
+from kdforge.core.errors import KDForgeError, RegistryError
 from kdforge.models.build import build_model, forward_adapter, tapped_model
 from kdforge.models.multicrop import MultiCropModel
 from kdforge.models.taps import TappedModel

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from kdforge.errors import ConfigError
+from kdforge.core.errors import ConfigError
 from kdforge.models.multicrop import MultiCropModel, global_crops, is_multicrop, pair_crops
 from kdforge.models.taps import TappedModel
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdforge.errors import ConfigError
+from kdforge.core.errors import ConfigError
 from kdforge.models.taps import TappedModel, tap_key
 from kdforge.models.zoo import cnn
 

@@ -11,10 +11,10 @@ import yaml
 from safetensors.torch import save_model
 from torch import nn
 
-from kdforge.cli import main
-from kdforge.config import RunConfig, validate_config
-from kdforge.errors import KDForgeError
-from kdforge.report.compression import compression_report, ratio_line
+from kdforge.app.cli import main
+from kdforge.app.report.compression import compression_report, ratio_line
+from kdforge.core.config import RunConfig, validate_config
+from kdforge.core.errors import KDForgeError
 
 LINEAR = "tests.unit.report.test_compression:linear_student"
 

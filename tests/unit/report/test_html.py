@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from kdforge.errors import KDForgeError
-from kdforge.report.html import write_report
-from kdforge.report.runs import ReportError, run_names
+from kdforge.app.report.html import write_report
+from kdforge.app.report.runs import ReportError, run_names
+from kdforge.core.errors import KDForgeError
 
 SVG = "{http://www.w3.org/2000/svg}"
 CNN = "kdforge.models.zoo:cnn"

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from kdforge.report.plots import Reference, Series, line_chart, nice_ticks, thin, tick_label
+from kdforge.app.report.plots import Reference, Series, line_chart, nice_ticks, thin, tick_label
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from kdforge.report.profile import model_profile
+from kdforge.app.report.profile import model_profile
 
 
 def _safetensors_data_bytes(state: dict[str, torch.Tensor]) -> int:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from kdforge.report.profile import example_input, model_profile, shape_text
+from kdforge.app.report.profile import example_input, model_profile, shape_text
 
 
 class TwoInputs(nn.Module):

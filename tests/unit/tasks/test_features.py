@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 import kdforge.tasks.features as features
-from kdforge.config import FeaturesConfig, validate_config
-from kdforge.errors import ClassCountMismatchError, ConfigError, DataError
+from kdforge.core.config import FeaturesConfig, validate_config
+from kdforge.core.errors import ClassCountMismatchError, ConfigError, DataError
 from kdforge.tasks.features import FeaturesTask, KNNEvalSet, KNNMetrics, knn_hits, linear_probe_accuracy
 
 TEACHER = {"source": "import", "name": "kdforge.models.zoo:cnn", "kwargs": {"in_chans": 1, "widths": [8]}}
@@ -362,7 +362,7 @@ def test_a_classifier_head_in_a_features_run_is_refused(head: dict) -> None:
 
 def test_compare_refuses_a_label_free_task() -> None:
     """A student alone has nothing to learn from without labels: the comparison is refused with why."""
-    from kdforge.compare import baseline_config
+    from kdforge.app.compare import baseline_config
 
     with pytest.raises(ConfigError, match="no student-alone baseline"):
         baseline_config(features_config())

@@ -13,9 +13,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from kdforge.config import ModelSpec
-from kdforge.engine.distributed import sum_attributes
-from kdforge.errors import ClassCountMismatchError, DataError
+from kdforge.core.config import ModelSpec
+from kdforge.core.distributed import sum_attributes
+from kdforge.core.errors import ClassCountMismatchError, DataError
 from kdforge.models.build import build_model
 from kdforge.tasks.base import TASKS
 from kdforge.tasks.segmentation import SegmentationMetrics, SegmentationTask

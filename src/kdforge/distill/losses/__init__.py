@@ -10,9 +10,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from kdforge.core.errors import ConfigError, did_you_mean
+from kdforge.core.registry import Registry
 from kdforge.distill.losses.base import DistillTerm
-from kdforge.errors import ConfigError, did_you_mean
-from kdforge.registry import Registry
 
 TERMS: Registry[type[DistillTerm]] = Registry("distillation loss")
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdforge.errors import ConfigError
+from kdforge.core.errors import ConfigError
 from kdforge.models.taps import TAP_PREFIX
 
 Outputs = dict[str, torch.Tensor]

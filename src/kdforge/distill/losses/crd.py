@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdforge.core.distributed import gather_rows
+from kdforge.core.errors import ConfigError, DataError
 from kdforge.distill.losses import TERMS
 from kdforge.distill.losses.base import DistillTerm, Outputs, built, pick
-from kdforge.engine.distributed import gather_rows
-from kdforge.errors import ConfigError, DataError
 from kdforge.models.taps import tap_key
 
 EPS = 1e-7  # RepDistiller's crd/criterion.py

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kdforge.core.errors import ConfigError
 from kdforge.distill.adapters import FeatureAdapter, tokens_to_map
 from kdforge.distill.losses import TERMS
 from kdforge.distill.losses.base import DistillTerm, Outputs, as_float, built, pick
-from kdforge.errors import ConfigError
 from kdforge.models.taps import tap_key
 
 

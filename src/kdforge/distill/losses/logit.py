@@ -7,9 +7,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kdforge.core.errors import ConfigError
 from kdforge.distill.losses import TERMS
 from kdforge.distill.losses.base import DistillTerm, Outputs, pick, softened_kl
-from kdforge.errors import ConfigError
 
 
 def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

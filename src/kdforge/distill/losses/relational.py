@@ -12,9 +12,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kdforge.core.errors import ConfigError
 from kdforge.distill.losses import TERMS
 from kdforge.distill.losses.base import DistillTerm, Outputs, pick
-from kdforge.errors import ConfigError
 from kdforge.models.taps import tap_key
 
 
