@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from kdforge.app.pipeline import build_cache, build_task, train
+from kdforge.app.build import build_task
+from kdforge.app.pipeline import build_cache, train
 from kdforge.core.config import RunConfig, validate_config
 from kdforge.data.digits import write_image_folders
 from kdforge.engine.evaluate import evaluate
@@ -32,7 +33,7 @@ from kdforge.models.build import build_model, tapped_model
 
 TEACHER = {"source": "timm", "name": "resnet18"}
 STUDENT = {"source": "timm", "name": "test_resnet"}
-QUIET = {"progress": False, "verbose": False, "report": False, "tensorboard": False, "diagnostics_every_steps": 0}
+QUIET = {"progress": False, "verbose": False, "report": False, "loggers": [], "diagnostics_every_steps": 0}
 
 
 def teacher_config(root: Path, out: Path, epochs: int) -> RunConfig:

@@ -1,7 +1,7 @@
 """Speed of distillation in one process: a hand-written PyTorch KD loop, kdforge with the live teacher,
 kdforge reading the teacher cache, and kdforge training the student alone; plus the cache's size.
 
-Every kdforge loop is the real ``Trainer._train_epoch`` path built by ``kdforge.app.pipeline.build_run``
+Every kdforge loop is the real ``Trainer._train_epoch`` path built by ``kdforge.app.build.build_run``
 (``run_dir=None``, no progress bar, no TensorBoard); evaluation is never run. All loops train identical
 student copies on identical in-memory data (``num_workers=0``) with the same optimizer and schedule:
 
@@ -41,12 +41,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from kdforge.app.build import build_loaders, build_run
 from kdforge.app.cache.build import cache_report
-from kdforge.app.pipeline import build_loaders, build_run
-from kdforge.app.runtime import setup_process
 from kdforge.core.config import RunConfig, validate_config
+from kdforge.core.context import Context, setup_process
 from kdforge.engine.evaluate import to_device
-from kdforge.engine.logger import RunLogger
 from kdforge.engine.trainer import Trainer
 
 ALPHA = 0.7  # weight of the KD term; the task (CE) loss gets 1 - ALPHA
@@ -121,16 +120,15 @@ def bench_config(args: argparse.Namespace, blocks: int, mode: str, cache_dir: st
                 "optimizer": {"name": "adamw", "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": BETAS},
                 "schedule": {"name": "cosine"},
             },
-            "log": {"tensorboard": False, "progress": False, "verbose": False},
+            "log": {"loggers": [], "progress": False, "verbose": False},
         }
     )
 
 
 def build_trainer(config: RunConfig) -> Trainer:
-    device = setup_process(config)  # threads + seeds, as `kdforge train` does: every student starts the same
-    parts = build_run(config, device)
-    logger = RunLogger(None, tensorboard=False, progress=False)
-    return Trainer(config, parts.distiller, parts.task, parts.train_loader, parts.val_loader, device, None, logger)
+    context = setup_process(config)  # threads + seeds, as `kdforge train` does: every student starts the same
+    parts = build_run(config, context)
+    return Trainer(config, parts.distiller, parts.task, parts.train_loader, parts.val_loader, context)
 
 
 def amp_context(device: torch.device, amp: str) -> Callable[[], AbstractContextManager]:
@@ -294,10 +292,11 @@ def measure(
     args: argparse.Namespace, blocks: int, live: Trainer, cached: Trainer, alone: Trainer, build_s: float
 ) -> dict[str, float]:
     device = live.device
-    hand_loader = build_loaders(live.cfg, live.train_loader.dataset, live.val_loader.dataset, device)[0]
-    hand_student = copy.deepcopy(live.student_net)  # same initial weights, own optimizer
+    context = Context(device, live.world)
+    hand_loader = build_loaders(live.config, live.train_loader.dataset, live.val_loader.dataset, context)[0]
+    hand_student = copy.deepcopy(live.student)  # same initial weights, own optimizer
     teacher = live.distiller.teacher.net.model
-    hand = HandLoop(teacher, hand_student, hand_loader, device, live.amp, blocks * live.optimizer_steps_per_epoch)
+    hand = HandLoop(teacher, hand_student, hand_loader, device, live.amp, blocks * live.steps_per_epoch)
     batch = next(iter(hand_loader))
     cached_batch = next(iter(DataLoader(cached.train_loader.dataset, batch_size=args.batch_size)))
     diff = check_same_loss(live, hand, batch, device)

@@ -100,7 +100,7 @@ def base_config(args: argparse.Namespace, data: Path, name: str, seed: int, **de
         "seed": seed,
         "student": {"source": "ultralytics", "name": STUDENT},
         "output": {"dir": str(args.out / "runs"), "name": name, "exist_ok": True},
-        "log": {"verbose": False, "tensorboard": False, "report": False},
+        "log": {"verbose": False, "loggers": [], "report": False},
         "detect": {
             "data": {"root": str(data)},
             "epochs": args.epochs,

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from kdforge.app.checks import check_config
 from kdforge.core.config import RunConfig, deep_merge, validate_config
 
 TINY_CNN = {
@@ -48,8 +49,8 @@ def make_config(tmp_path: Path):
             "distill": {"task_weight": 0.5, "terms": [{"loss": "kd", "weight": 0.5, "temperature": 4.0}]},
             "train": {"epochs": 2, "max_steps_per_epoch": 6, "optimizer": {"name": "adamw", "lr": 0.01}},
             "output": {"dir": str(tmp_path / "runs"), "name": "run"},
-            "log": {"progress": False, "tensorboard": False},
+            "log": {"progress": False, "loggers": []},
         }
-        return validate_config(deep_merge(base, sections))
+        return check_config(validate_config(deep_merge(base, sections)))
 
     return make

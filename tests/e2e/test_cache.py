@@ -69,7 +69,7 @@ def test_training_from_an_existing_cache_never_builds_the_teacher(make_config, t
         raise AssertionError("the teacher network was built during training")
 
     monkeypatch.setattr("kdforge.distill.teachers.build_model", refuse)
-    monkeypatch.setattr("kdforge.app.pipeline.build_model", counting)
+    monkeypatch.setattr("kdforge.app.build.build_model", counting)
     result = train(config, write=False)
     assert built == ["student"]
     assert result.summary["teacher"]["params"] > result.summary["student"]["params"] > 0  # from the manifest

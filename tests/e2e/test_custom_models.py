@@ -24,7 +24,7 @@ def sensors(monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _overrides(tmp_path: Path) -> list[str]:
-    return [f"output.dir={tmp_path / 'runs'}", "log.progress=false", "log.verbose=false", "log.tensorboard=false"]
+    return [f"output.dir={tmp_path / 'runs'}", "log.progress=false", "log.verbose=false", "log.loggers=[]"]
 
 
 def test_crd_on_a_two_input_model_stops_early_on_val_loss(sensors, tmp_path):

@@ -28,7 +28,7 @@ def _config(tmp_path, **detect) -> dict:
         "teacher": {"source": "ultralytics", "name": "yolov8s.yaml"},
         "student": {"source": "ultralytics", "name": "yolov8n.yaml"},
         "output": {"dir": str(tmp_path / "runs"), "name": "kd"},
-        "log": {"every_steps": 1, "verbose": False, "tensorboard": False},
+        "log": {"every_steps": 1, "verbose": False, "loggers": []},
         "detect": {
             "data": {"root": str(root)},
             "epochs": 2,
@@ -188,13 +188,13 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypat
 
 
 def test_detection_flags_map_to_detect_keys_and_alpha_is_refused(tmp_path, monkeypatch, capsys) -> None:
-    from kdforge.app.detection.run import DetectionResult
+    from kdforge.app.finalize import RunResult
 
     seen = []
 
-    def train(config, run_dir=None, resume=False) -> DetectionResult:
+    def train(config, run_dir=None, resume=False) -> RunResult:
         seen.append(config)
-        return DetectionResult(tmp_path, {})
+        return RunResult(tmp_path, {}, {})
 
     monkeypatch.setattr(kdforge.app.detection, "train_detection", train)
     path = tmp_path / "kd.yaml"

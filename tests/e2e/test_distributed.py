@@ -43,7 +43,7 @@ def _config(tmp_path: Path, batch_size: int, name: str) -> dict:
             "schedule": {"name": "constant"},
         },
         "output": {"dir": str(tmp_path / "runs"), "name": name},
-        "log": {"progress": False, "tensorboard": False, "every_steps": 1},
+        "log": {"progress": False, "loggers": [], "every_steps": 1},
     }
 
 

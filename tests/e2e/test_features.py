@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 from torch.utils.data import DataLoader
 
+from kdforge.app.build import build_run
 from kdforge.app.cache.reading import CachedTeacherDataset
-from kdforge.app.pipeline import build_run, train
+from kdforge.app.pipeline import train
 from kdforge.core.config import validate_config
+from kdforge.core.context import Context
 from kdforge.core.errors import ConfigError
 from kdforge.data.digits import write_image_folders
 from kdforge.engine.checkpoint import load_checkpoint
@@ -56,7 +58,7 @@ def _config(digits: Path, tmp_path: Path, **sections: Any):
         "train": {"epochs": 2, "max_steps_per_epoch": 6, "optimizer": {"name": "adamw", "lr": 2e-3}},
         "features": {"knn_k": 1, "knn_memory_limit": 300},
         "output": {"dir": str(tmp_path / "runs")},
-        "log": {"progress": False, "verbose": False, "every_steps": 1, "report": False, "tensorboard": False},
+        "log": {"progress": False, "verbose": False, "every_steps": 1, "report": False, "loggers": []},
     }
     for key, value in sections.items():
         base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
@@ -90,7 +92,7 @@ def test_knn_accuracy_with_k_1_is_the_nearest_neighbour_accuracy(digits, tmp_pat
     result = train(config)
     net = build_model(config.student, 0).eval()
     net.load_state_dict(load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["student"])
-    parts = build_run(config, torch.device("cpu"))
+    parts = build_run(config, Context())
     embeddings, targets, memory = [], [], []
     with torch.inference_mode():
         for batch in parts.val_loader:
@@ -112,10 +114,10 @@ def test_cached_teacher_outputs_match_the_live_teacher_on_the_replayed_crops(dig
         train={"epochs": 1, "max_steps_per_epoch": 2},
     )
     train(config)  # builds the cache, then trains from it
-    parts = build_run(config, torch.device("cpu"))
+    parts = build_run(config, Context())
     assert isinstance(parts.train_loader.dataset, CachedTeacherDataset)
     live_config = config.model_copy(update={"cache": config.cache.model_copy(update={"enabled": False})})
-    live = build_run(live_config, torch.device("cpu"))
+    live = build_run(live_config, Context())
     batch = to_device(next(iter(DataLoader(parts.train_loader.dataset, batch_size=4))), torch.device("cpu"))
     assert batch["input"]["global"].shape == (4, 2, 3, 32, 32) and batch["input"]["local"].shape == (4, 2, 3, 16, 16)
     cached = parts.distiller.teacher_outputs(batch, ["teacher"])["teacher"]
@@ -129,13 +131,13 @@ def test_cached_teacher_outputs_match_the_live_teacher_on_the_replayed_crops(dig
 def test_multicrop_with_a_dataset_that_gives_one_view_is_refused(tmp_path):
     data = {"dataset": "digits", "image_size": 32, "root": None}
     with pytest.raises(ConfigError, match="gives one view per sample"):
-        build_run(_config(Path("unused"), tmp_path, data=data), torch.device("cpu"))
+        build_run(_config(Path("unused"), tmp_path, data=data), Context())
 
 
 def test_a_teacher_reading_another_size_gets_its_global_crops_resized(digits, tmp_path):
     """The teacher reads 48-px global crops (its input adapter resizes each crop); local crops never reach it."""
     teacher = {**TEACHER, "kwargs": {"img_size": 48, "patch_size": 8}, "input": {"size": 48}}
-    parts = build_run(_config(digits, tmp_path, teacher=teacher), torch.device("cpu"))
+    parts = build_run(_config(digits, tmp_path, teacher=teacher), Context())
     batch = next(iter(parts.train_loader))
     outputs = parts.distiller.teacher_outputs(batch, ["teacher"])["teacher"]
     assert outputs["feat:tokens"].shape == (16, 2, 1 + 6 * 6, 64)  # (batch, global crops, cls + 6x6 patches, dim)

@@ -10,8 +10,9 @@ import torch
 import yaml
 
 from kdforge.app.cli import main
+from kdforge.core.runfiles import PREEMPTED as PREEMPTED_MARKER
 from kdforge.engine.checkpoint import load_checkpoint
-from kdforge.engine.preemption import PREEMPTED_MARKER, StopSignals
+from kdforge.engine.preemption import StopSignals
 
 STEPS, BATCH = 6, 32
 
@@ -40,7 +41,7 @@ def _config(tmp_path, name: str, flag: str) -> dict:
         "distill": {"task_weight": 0.5, "terms": [{"loss": "kd", "weight": 0.5}]},
         "train": {"epochs": 2, "max_steps_per_epoch": STEPS, "optimizer": {"name": "adamw", "lr": 0.01}},
         "output": {"dir": str(tmp_path / "runs"), "name": name},
-        "log": {"progress": False, "tensorboard": False},
+        "log": {"progress": False, "loggers": []},
     }
 
 

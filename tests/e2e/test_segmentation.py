@@ -44,7 +44,7 @@ def _config(tmp_path, **overrides) -> dict:
             "optimizer": {"name": "adamw", "lr": 1e-4, "weight_decay": 0.01},
         },
         "output": {"dir": str(tmp_path / "runs"), "name": "seg"},
-        "log": {"progress": False, "tensorboard": False, "every_steps": 1},
+        "log": {"progress": False, "loggers": [], "every_steps": 1},
     }
     config.update(overrides)
     return config
@@ -87,11 +87,11 @@ def test_compare_trains_the_baseline_on_the_same_budget_and_reports_the_differen
 
 
 def test_pixel_kl_skips_the_datasets_unlabelled_value_unless_told_otherwise(tmp_path):
-    from kdforge.app.pipeline import _terms
     from kdforge.distill.schedule import epoch_settings
+    from kdforge.distill.terms import build_terms
 
     config = validate_config(_config(tmp_path, data={"dataset": "segfolder", "root": str(tmp_path), "ignore_index": 7}))
-    terms = {t.name: t.term for t in _terms(config, epoch_settings(config.distill, 0, config.train.epochs))}
+    terms = {t.name: t.term for t in build_terms(config, epoch_settings(config.distill, 0, config.train.epochs))}
     assert terms["kd"].ignore_index == 7
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kdforge.app.api import load_config as load_checked
 from kdforge.core.config import RunConfig, apply_override, deep_merge, load_config
 from kdforge.core.errors import ConfigError
 
@@ -22,7 +23,8 @@ def _write(path: Path, data: dict) -> Path:
 
 
 def _config(overrides: list[str], **extra: dict) -> RunConfig:
-    return load_config(overrides=overrides, base={**STUDENT, **extra})
+    """Loaded as a run loads it: the schema, then every name it gives resolved (terms, optimizer, task)."""
+    return load_checked(overrides=overrides, base={**STUDENT, **extra})
 
 
 def _error(overrides: list[str], **extra: dict) -> str:
@@ -104,7 +106,11 @@ def test_invalid_yaml_file(tmp_path: Path) -> None:
     [
         ("train.epochs=5", lambda c: c.train.epochs, 5),
         ("train.optimizer.lr=3e-4", lambda c: c.train.optimizer.lr, 3e-4),
-        ("log.tensorboard=false", lambda c: c.log.tensorboard, False),
+        (
+            "log.loggers=[csv, {name: wandb, kwargs: {mode: offline}}]",
+            lambda c: [(s.name, s.kwargs) for s in c.log.loggers],
+            [("csv", {}), ("wandb", {"mode": "offline"})],
+        ),
         ("data.mean=[0.5, 0.5, 0.5]", lambda c: c.data.mean, (0.5, 0.5, 0.5)),
         ("output.name=my run", lambda c: c.output.name, "my run"),
         ("output.name='123'", lambda c: c.output.name, "123"),  # quoted YAML stays a string

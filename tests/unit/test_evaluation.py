@@ -39,7 +39,7 @@ def _config(root: Path, out: Path) -> dict[str, Any]:
         "data": {"dataset": "imagefolder", "root": str(root), "image_size": 8, "batch_size": 4, "num_workers": 0},
         "train": {"epochs": 1, "max_steps_per_epoch": 2},
         "output": {"dir": str(out), "name": "run"},
-        "log": {"progress": False, "tensorboard": False, "verbose": False},
+        "log": {"progress": False, "loggers": [], "verbose": False},
     }
 
 

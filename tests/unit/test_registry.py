@@ -66,7 +66,7 @@ def test_unknown_name_lists_available_and_close_match() -> None:
     message = str(info.value)
     assert "unknown widget 'alpah'" in message
     assert "Did you mean 'alpha'" in message
-    assert "Available: alpha, beta, gamma_ray." in message
+    assert "Available: alpha, beta, gamma_ray, or an import path package.module:Name." in message
 
 
 def test_unknown_name_without_close_match_still_lists_names() -> None:
@@ -74,7 +74,7 @@ def test_unknown_name_without_close_match_still_lists_names() -> None:
         _registry().get("zzzzzz")
     message = str(info.value)
     assert "Did you mean" not in message
-    assert "Available: alpha, beta." in message
+    assert "Available: alpha, beta, or an import path" in message
 
 
 def test_registry_error_message_is_not_quoted() -> None:
@@ -145,3 +145,12 @@ def test_import_object_missing_attribute_suggests_close_name() -> None:
 def test_import_object_missing_nested_attribute() -> None:
     with pytest.raises(RegistryError, match="has no attribute 'nope'"):
         import_object("collections:OrderedDict.nope")
+
+
+def test_an_import_path_name_gives_the_object_it_points_to() -> None:
+    things = _registry()
+    assert things.get("collections:OrderedDict") is collections.OrderedDict
+    with pytest.raises(RegistryError, match=r"no attribute 'OrderdDict'.*Did you mean 'OrderedDict'"):
+        things.get("collections:OrderdDict")
+    with pytest.raises(RegistryError, match="cannot import module 'no_such_pkg.mod'"):
+        things.get("no_such_pkg.mod:Thing")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from kdforge.core import runfiles
 from kdforge.core.errors import KDForgeError
 
 
@@ -58,75 +59,27 @@ def _short_flags(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from kdforge.app.api import load_config
+    from kdforge.app.checks import task_class
     from kdforge.app.flags import apply_short_flags
     from kdforge.app.pipeline import train
     from kdforge.app.resume import resume_target
-    from kdforge.core.config import load_config, merge_files
+    from kdforge.core.config import RunConfig, merge_files
 
-    flags = _short_flags(args)
-    if args.resume and _detection_run(args.resume):
-        return _train_detection(args, flags)
-    if args.resume:
-        run_dir, ckpt = resume_target(args.resume)
-        raw = apply_short_flags(merge_files([run_dir / "config.yaml"]), flags)
-        train(load_config(base=raw, overrides=args.overrides), resume=ckpt, run_dir=run_dir)
-        return 0
-    if not args.config and args.student is None:
+    if not args.resume and not args.config and args.student is None:
         raise KDForgeError("give a config (-c FILE) or at least --student NAME and --data DIR.")
-    if merge_files(args.config).get("task") == "detection":
-        return _train_detection(args, flags)
-    config = load_config(base=apply_short_flags(merge_files(args.config), flags), overrides=args.overrides)
+    run_dir, checkpoint = resume_target(args.resume) if args.resume else (None, None)
+    raw = merge_files([run_dir / runfiles.CONFIG] if run_dir else args.config)
+    task = task_class(raw.get("task", RunConfig.model_fields["task"].default))
+    flags, moved = task.command_line(_short_flags(args))
+    config = load_config(base=apply_short_flags(raw, flags), overrides=moved + args.overrides)
     if args.baseline:
         from kdforge.app.compare import compare
 
         compare(config)
-    else:
-        train(config)
-    return 0
-
-
-def _detection_run(path: str) -> bool:
-    """Whether ``--resume PATH`` names a detection run directory (its Ultralytics folder holds the checkpoints)."""
-    return (Path(path) / "yolo" / "weights").is_dir()
-
-
-# Short flags that mean a detect: key for task: detection (the others apply as for every task).
-DETECTION_FLAGS = {
-    "epochs": "detect.epochs",
-    "batch_size": "detect.batch",
-    "lr": "detect.optimizer.lr0",
-    "temperature": "detect.distill.temperature",
-    "teacher_checkpoint": "teacher.name",
-}
-
-
-def _train_detection(args: argparse.Namespace, flags: dict[str, object]) -> int:
-    """``task: detection`` runs on Ultralytics' trainer (kdforge.app.detection), not kdforge's loop."""
-    from kdforge.app.flags import apply_short_flags
-    from kdforge.core.config import load_config, merge_files
-
-    if args.baseline:
-        raise KDForgeError(
-            "compare/--baseline is not available for task: detection; train the student alone with --teacher none "
-            "(Ultralytics' own training of it), or run benchmarks/bench_yolo.py."
-        )
-    if flags.get("data") is not None:
-        raise KDForgeError("--data is a class-folder root; for task: detection use --set detect.data.root=DIR.")
-    if flags.get("alpha") is not None:
-        raise KDForgeError(
-            "--alpha weighs a classification KD term; task: detection has none. Weigh its terms with --set "
-            "detect.distill.lambda_detection=... / lambda_distillation=... (see docs/detection.md)."
-        )
-    if str(flags.get("teacher")).lower() not in ("none", "null"):  # a model file: no generic KD term added
-        teacher = flags.pop("teacher")
-        flags["teacher_checkpoint"] = flags["teacher_checkpoint"] or teacher
-    moved = [f"{key}={flags.pop(flag)}" for flag, key in DETECTION_FLAGS.items() if flags.get(flag) is not None]
-    files = [Path(args.resume) / "config.yaml"] if args.resume else args.config
-    config = load_config(base=apply_short_flags(merge_files(files), flags), overrides=moved + args.overrides)
-    from kdforge.app.detection import train_detection
-
-    result = train_detection(config, run_dir=Path(args.resume) if args.resume else None, resume=bool(args.resume))
-    print(result.registry_model or result.run_dir)
+        return 0
+    result = train(config, resume=checkpoint, run_dir=run_dir)
+    print(result.files.get("registry") or result.run_dir)  # the path a script picks up
     return 0
 
 

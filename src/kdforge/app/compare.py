@@ -10,20 +10,20 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from kdforge.app.checks import task_class
 from kdforge.app.pipeline import RunResult, train
 from kdforge.app.report.html import write_report
 from kdforge.app.report.runs import read_records
-from kdforge.app.runtime import run_base
+from kdforge.app.rundir import run_base
 from kdforge.core.atomic import atomic_write
 from kdforge.core.config import RunConfig, validate_config
 from kdforge.core.errors import ConfigError
-from kdforge.tasks.base import TASKS
 
 
 def baseline_config(config: RunConfig) -> RunConfig:
     """`config` without distillation: no teacher, no terms, no phases, task weight 1, no cache; the run is
     named ``<name>-baseline`` next to the distilled one."""
-    if TASKS.get(config.task).embeds_only:
+    if task_class(config.task).embeds_only:
         raise ConfigError(
             f"task: {config.task} has no labelled loss, so there is no student-alone baseline to train; compare the "
             "distilled student's val/knn_acc1 with the teacher's (in the run's table) or with an untrained student."

@@ -52,7 +52,7 @@ def demo_configs(out: Path, seed: int, teacher_checkpoint: Path | None) -> dict[
     common = {
         "seed": seed,
         "data": DATA,
-        "log": {"progress": False, "verbose": False, "tensorboard": True},
+        "log": {"progress": False, "verbose": False},
         "output": {"dir": str(out), "exist_ok": True},
     }
     few_labels = {**DATA, "labelled_per_class": LABELS_PER_CLASS}

@@ -8,23 +8,24 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kdforge.app.build import build_task
+from kdforge.app.checks import task_class
 from kdforge.app.export import export_all
-from kdforge.app.pipeline import build_task
 from kdforge.app.report.summary import print_summary
-from kdforge.app.runtime import setup_process
+from kdforge.core import runfiles
 from kdforge.core.config import RunConfig, load_config
+from kdforge.core.context import setup_process
 from kdforge.core.errors import CheckpointError, ConfigError
 from kdforge.engine.checkpoint import FORMAT
 from kdforge.engine.evaluate import evaluate
 from kdforge.models.build import build_model, count_parameters, tapped_model
 from kdforge.models.checkpoint import check_state_dict, evaluated_weights, read_state_dict
-from kdforge.tasks.base import TASKS
 
 
 def run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / runfiles.CONFIG).is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a kdforge run directory (no config.yaml inside).")
-    return load_config([run_dir / "config.yaml"], overrides)
+    return load_config([run_dir / runfiles.CONFIG], overrides)
 
 
 def checkpoint_path(run_dir: Path | None, checkpoint: str) -> Path:
@@ -33,8 +34,8 @@ def checkpoint_path(run_dir: Path | None, checkpoint: str) -> Path:
     if checkpoint in ("best", "last"):
         if run_dir is None:
             raise ConfigError(f"--checkpoint {checkpoint} needs a run directory; give a file path instead.")
-        name = run_config(run_dir).train.checkpoint.best_name if checkpoint == "best" else "last.pt"
-        return run_dir / "checkpoints" / name
+        name = run_config(run_dir).train.checkpoint.best_name if checkpoint == "best" else runfiles.LAST
+        return runfiles.checkpoint(run_dir, name)
     return Path(checkpoint)
 
 
@@ -68,7 +69,7 @@ def load_student(config: RunConfig, num_classes: int | None, state: dict[str, to
 
 def evaluate_checkpoint(config: RunConfig, path: Path) -> dict[str, float]:
     """Metrics of the student in `path` on the validation split of `config`'s data (no train split needed)."""
-    device = setup_process(config)
+    device = setup_process(config).device
     task = build_task(config)
     val_set = task.eval_dataset()
     state, _ = student_weights(path)
@@ -95,7 +96,7 @@ def export_run(run_dir: Path, checkpoint: str, formats: list[str], out: Path | N
     setup_process(config.model_copy(update={"device": "cpu"}))
     path = checkpoint_path(run_dir, checkpoint)
     state, classes = student_weights(path)
-    if TASKS.get(config.task).embeds_only:
+    if task_class(config.task).embeds_only:
         model_classes = 0  # a backbone: no class count, no dataset needed
     else:
         if classes is None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdforge.app.runtime import run_base
+from kdforge.app.rundir import run_base
+from kdforge.core import runfiles
 from kdforge.core.config import RunConfig, load_config
 from kdforge.core.errors import ConfigError
-from kdforge.engine.logger import console
-from kdforge.engine.preemption import PREEMPTED_MARKER
+from kdforge.engine.loggers import console
 
 
 def preempted_run(config: RunConfig) -> tuple[Path | None, Path | None]:
@@ -19,23 +19,23 @@ def preempted_run(config: RunConfig) -> tuple[Path | None, Path | None]:
     run_dir = _stopped_run(run_base(config))
     if run_dir is None:
         return None, None
-    saved, wanted = _flat(load_config([run_dir / "config.yaml"]).to_dict()), _flat(config.to_dict())
+    saved, wanted = _flat(load_config([run_dir / runfiles.CONFIG]).to_dict()), _flat(config.to_dict())
     differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
     if differing:
         raise ConfigError(
             f"run {str(run_dir)!r} was stopped by a signal and waits to be resumed, but this config differs from its "
             f"config.yaml in {', '.join(differing[:8])}. Resume it with `kdforge train --resume {run_dir}` (its own "
-            f"config, plus --set for what may change), or delete {run_dir / PREEMPTED_MARKER} to start a new run."
+            f"config, plus --set for what may change), or delete {run_dir / runfiles.PREEMPTED} to start a new run."
         )
     console.print(f"resuming {run_dir}: it was stopped by a signal")
-    return run_dir, run_dir / "checkpoints" / "last.pt"
+    return run_dir, runfiles.last_checkpoint(run_dir)
 
 
 def _stopped_run(base: Path) -> Path | None:
     """The last of ``base``, ``base-2``, ... that a signal stopped (marker and last.pt present)."""
     found, candidate, n = None, base, 2
     while candidate.exists():
-        if (candidate / PREEMPTED_MARKER).is_file() and (candidate / "checkpoints" / "last.pt").is_file():
+        if (candidate / runfiles.PREEMPTED).is_file() and runfiles.last_checkpoint(candidate).is_file():
             found = candidate
         candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
     return found
@@ -52,18 +52,25 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resume_target(path: str | Path) -> tuple[Path, Path]:
-    """For ``--resume``: the run directory and the checkpoint (``last.pt`` when given a directory)."""
+    """For ``--resume``: the run directory and the checkpoint (``last.pt`` when given a directory; a task with its
+    own loop, such as detection, finds its own in the directory)."""
     path = Path(path)
-    ckpt = path / "checkpoints" / "last.pt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise ConfigError(f"nothing to resume at {str(path)!r}: {str(ckpt)!r} does not exist.")
-    run_dir = ckpt.parent.parent
-    if not (run_dir / "config.yaml").is_file():
+    if not path.exists():
+        raise ConfigError(f"nothing to resume at {str(path)!r}: it does not exist.")
+    run_dir = path if path.is_dir() else path.parent.parent
+    if not (run_dir / runfiles.CONFIG).is_file():
         raise ConfigError(f"{str(run_dir)!r} has no config.yaml; resume needs the run directory kdforge wrote.")
-    return run_dir, ckpt
+    return run_dir, runfiles.last_checkpoint(run_dir) if path.is_dir() else path
+
+
+def checked_checkpoint(path: Path) -> Path:
+    """`path` when it is a file, else the error that says there is nothing to resume there."""
+    if not path.is_file():
+        raise ConfigError(f"nothing to resume at {str(path.parent.parent)!r}: {str(path)!r} does not exist.")
+    return path
 
 
 def resume_config(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, Path, Path]:
     """The run's saved config (plus overrides), its directory and its checkpoint."""
     run_dir, ckpt = resume_target(path)
-    return load_config([run_dir / "config.yaml"], overrides), run_dir, ckpt
+    return load_config([run_dir / runfiles.CONFIG], overrides), run_dir, checked_checkpoint(ckpt)

@@ -3,6 +3,10 @@
 Each process trains an identical student on its share of every global batch; gradients are averaged by
 DistributedDataParallel, metric sums and logged losses are summed across processes, and only rank 0 writes
 files. The teacher is replicated (it never trains, so it is never wrapped).
+
+A `World` is this process's place among the others and carries the collectives. It is made once
+(`init_distributed`) and passed to whatever needs it; ``World()`` is one process, where every collective is
+the identity, so code written for torchrun runs unchanged in a notebook or a test.
 """
 
 from __future__ import annotations
@@ -33,6 +37,87 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
+    @classmethod
+    def joined(cls) -> World:
+        """The world of the process group this process has joined (one process when there is none)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return cls()
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of `values` over the processes (in place; returned for chaining)."""
+        if self.distributed:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+    def min(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise minimum over the processes, e.g. of "all good" flags (in place)."""
+        if self.distributed:
+            dist.all_reduce(values, op=dist.ReduceOp.MIN)
+        return values
+
+    def sum_attributes(self, obj: Any, names: Sequence[str]) -> None:
+        """Replace each attribute `names` of `obj` (a metrics accumulator) by its sum over processes: numbers
+        become floats; tensors (e.g. a confusion matrix) are summed in place and keep their dtype and device."""
+        if not self.distributed or not names:
+            return
+        tensors = [name for name in names if isinstance(getattr(obj, name), torch.Tensor)]  # same order everywhere
+        for name in tensors:
+            tensor = getattr(obj, name)
+            tensor.copy_(self.sum(tensor.to(_collective_device())))  # NCCL reduces only GPU tensors
+        numbers = [name for name in names if name not in tensors]
+        if not numbers:
+            return
+        values = [float(getattr(obj, name)) for name in numbers]
+        totals = self.sum(torch.tensor(values, dtype=torch.float64, device=_collective_device()))
+        for name, total in zip(numbers, totals.tolist(), strict=True):
+            setattr(obj, name, total)
+
+    def average_buffers(self, module: nn.Module) -> None:
+        """Average floating-point buffers (BN running statistics) over processes: each process saw other data."""
+        for buffer in module.buffers():
+            if self.distributed and buffer.is_floating_point():
+                self.sum(buffer).div_(self.size)
+
+    def gather_rows(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every process's rows of each tensor, concatenated in rank order (equal shapes on every process)."""
+        if not self.distributed:
+            return tensors
+        gathered = []
+        for tensor in tensors:
+            parts = [torch.empty_like(tensor) for _ in range(self.size)]
+            dist.all_gather(parts, tensor.contiguous())
+            gathered.append(torch.cat(parts))
+        return tuple(gathered)
+
+    def gather_varying_rows(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        """Every process's rows of `tensor`, concatenated in rank order. Row counts may differ (an uneven val
+        split) and a process may have none (None): every process must call this, since it is a collective."""
+        if not self.distributed:
+            return tensor
+        meta = None if tensor is None else (len(tensor), tuple(tensor.shape[1:]), tensor.dtype)
+        metas: list[Any] = [None] * self.size
+        dist.all_gather_object(metas, meta)
+        known = [m for m in metas if m is not None]
+        if not known:
+            return None
+        _, shape, dtype = known[0]
+        device = _collective_device()
+        local = tensor.to(device) if tensor is not None else torch.empty(0, *shape, dtype=dtype, device=device)
+        counts = [m[0] if m is not None else 0 for m in metas]
+        longest = max(counts)
+        padded = torch.cat([local, local.new_zeros(longest - len(local), *shape)])
+        (parts,) = self.gather_rows(padded)
+        rows = torch.cat([chunk[:n] for chunk, n in zip(parts.split(longest), counts, strict=True)])
+        return rows.to(tensor.device) if tensor is not None else rows
+
+
+ONE_PROCESS = World()  # a default argument: no process group, every collective the identity
+
 
 def init_distributed(use_cuda: bool) -> World:
     """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1), else one process."""
@@ -47,111 +132,8 @@ def init_distributed(use_cuda: bool) -> World:
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
-def current_world() -> World:
-    if not (dist.is_available() and dist.is_initialized()):
-        return World()
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def barrier() -> None:
-    if current_world().distributed:
-        dist.barrier()
-
-
-def sum_across(values: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum of `values` over the processes (in place; returned for chaining)."""
-    if current_world().distributed:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
-
-
-def min_across(values: torch.Tensor) -> torch.Tensor:
-    """Element-wise minimum over the processes, e.g. of "all good" flags (in place)."""
-    if current_world().distributed:
-        dist.all_reduce(values, op=dist.ReduceOp.MIN)
-    return values
-
-
-def collective_device() -> torch.device:
+def _collective_device() -> torch.device:
     """Where tensors for collectives live: the current GPU under NCCL, the CPU under gloo."""
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-def sum_attributes(obj: Any, names: Sequence[str]) -> None:
-    """Replace each attribute `names` of `obj` (a metrics accumulator) by its sum over processes: numbers
-    become floats; tensors (e.g. a confusion matrix) are summed in place and keep their dtype and device."""
-    if not current_world().distributed or not names:
-        return
-    tensors = [name for name in names if isinstance(getattr(obj, name), torch.Tensor)]  # same order on every rank
-    for name in tensors:
-        tensor = getattr(obj, name)
-        tensor.copy_(sum_across(tensor.to(collective_device())))  # NCCL reduces only GPU tensors
-    numbers = [name for name in names if name not in tensors]
-    if not numbers:
-        return
-    values = [float(getattr(obj, name)) for name in numbers]
-    totals = sum_across(torch.tensor(values, dtype=torch.float64, device=collective_device()))
-    for name, total in zip(numbers, totals.tolist(), strict=True):
-        setattr(obj, name, total)
-
-
-def average_buffers(module: nn.Module) -> None:
-    """Average floating-point buffers (BN running statistics) over processes: each process saw other data."""
-    world = current_world()
-    for buffer in module.buffers():
-        if world.distributed and buffer.is_floating_point():
-            sum_across(buffer).div_(world.size)
-
-
-def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Every process's rows of each tensor, concatenated in rank order (equal shapes on every process)."""
-    world = current_world()
-    if not world.distributed:
-        return tensors
-    gathered = []
-    for tensor in tensors:
-        parts = [torch.empty_like(tensor) for _ in range(world.size)]
-        dist.all_gather(parts, tensor.contiguous())
-        gathered.append(torch.cat(parts))
-    return tuple(gathered)
-
-
-def gather_varying_rows(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    """Every process's rows of `tensor`, concatenated in rank order. Row counts may differ (an uneven val
-    split) and a process may have none (None): every process must call this, since it is a collective."""
-    world = current_world()
-    if not world.distributed:
-        return tensor
-    meta = None if tensor is None else (len(tensor), tuple(tensor.shape[1:]), tensor.dtype)
-    metas: list[Any] = [None] * world.size
-    dist.all_gather_object(metas, meta)
-    known = [m for m in metas if m is not None]
-    if not known:
-        return None
-    _, shape, dtype = known[0]
-    device = collective_device()
-    local = tensor.to(device) if tensor is not None else torch.empty(0, *shape, dtype=dtype, device=device)
-    counts = [m[0] if m is not None else 0 for m in metas]
-    longest = max(counts)
-    padded = torch.cat([local, local.new_zeros(longest - len(local), *shape)])
-    (parts,) = gather_rows(padded)
-    rows = torch.cat([chunk[:n] for chunk, n in zip(parts.split(longest), counts, strict=True)])
-    return rows.to(tensor.device) if tensor is not None else rows
-
-
-def wrap(distiller: nn.Module, device: torch.device) -> nn.Module:
-    """The distiller in DistributedDataParallel (the trainable student and adapters get averaged gradients;
-    the frozen teacher has no gradients to average). Unused parameters are searched for only when terms
-    have their own (adapters skipped in a task-only phase)."""
-    world = current_world()
-    if not world.distributed:
-        return distiller
-    terms_train = any(p.requires_grad for p in distiller.terms.parameters())
-    return nn.parallel.DistributedDataParallel(
-        distiller,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False,  # BN statistics are averaged at each epoch's end instead of every step
-        find_unused_parameters=terms_train,
-    )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from kdforge.core.errors import RegistryError, did_you_mean
+from kdforge.core.errors import ConfigError, RegistryError, did_you_mean
 
 T = TypeVar("T")
 
@@ -15,7 +16,9 @@ class Registry(Generic[T]):
     """Maps names to objects; refuses duplicates and lists what exists on a miss.
 
     Entries may be registered lazily as ``"package.module:attr"`` strings, so optional dependencies
-    (ultralytics, segmentation-models-pytorch) are imported only when their entry is used.
+    (ultralytics, segmentation-models-pytorch) are imported only when their entry is used. A name that is itself
+    an import path (``"mypkg.tasks:MyTask"``) gives the object it points to: a user's plug-in needs no
+    registration.
     """
 
     def __init__(self, kind: str) -> None:
@@ -40,11 +43,13 @@ class Registry(Generic[T]):
         return obj
 
     def get(self, name: str) -> T:
-        """The entry called `name`, importing it if it was registered lazily."""
+        """The entry called `name`, importing it if it was registered lazily (or if `name` is an import path)."""
+        if name not in self._entries and ":" in name:
+            return import_object(name, self.kind)  # type: ignore[return-value]
         if name not in self._entries:
             raise RegistryError(
                 f"unknown {self.kind} {name!r}.{did_you_mean(name, self._entries)} "
-                f"Available: {', '.join(sorted(self._entries))}."
+                f"Available: {', '.join(sorted(self._entries))}, or an import path package.module:Name."
             )
         entry = self._entries[name]
         if isinstance(entry, str):
@@ -93,3 +98,25 @@ def import_object(path: str, what: str = "object") -> object:
             )
         obj = getattr(obj, part)
     return obj
+
+
+def check_arguments(target: Callable, kwargs: dict[str, object], what: str) -> None:
+    """Refuse keyword arguments `target` (a class or function) does not take, with the nearest valid name, and
+    required ones that are missing: a `ConfigError` naming `what` (e.g. "distillation loss 'kd'")."""
+    signature = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+        return
+    valid = [name for name in signature if name != "self"]
+    for key in kwargs:
+        if key not in valid:
+            listed = ", ".join(valid) or "none"
+            raise ConfigError(f"{what} has no parameter {key!r}.{did_you_mean(key, valid)} Its parameters: {listed}.")
+    missing = [
+        name
+        for name in valid
+        if signature[name].default is inspect.Parameter.empty
+        and signature[name].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and name not in kwargs
+    ]
+    if missing:
+        raise ConfigError(f"{what} needs {', '.join(missing)}.")

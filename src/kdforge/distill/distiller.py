@@ -9,13 +9,13 @@ several.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from kdforge.core.distributed import ONE_PROCESS, World
 from kdforge.core.errors import ConfigError
 from kdforge.distill.adapters import register_token_layout
 from kdforge.distill.losses.base import DistillTerm, Outputs
@@ -64,13 +64,68 @@ def ensemble_outputs(outputs: Sequence[Outputs], temperature: float = 1.0) -> Ou
     return merged
 
 
+class StudentObjective(nn.Module):
+    """The trainable side of a distiller: the student and the terms (with their adapters), turning a batch and
+    the teachers' outputs into the weighted loss. The only module DistributedDataParallel wraps: the frozen
+    teachers stay outside it.
+
+    ``forward(batch, teachers)`` returns ``{"loss", "parts", "student"}``.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        task: TaskLoss,
+        terms: Sequence[WeightedTerm],
+        task_weight: float,
+        term_teachers: list[tuple[str, ...]],
+        pair: Callable[[Outputs, Outputs], tuple[Outputs, Outputs]] | None,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.terms = nn.ModuleList(t.term for t in terms)
+        self.term_names = [t.name for t in terms]
+        self.term_weights = [float(t.weight) for t in terms]
+        self.term_teachers = term_teachers
+        self.task_weight = float(task_weight)
+        self.task = task
+        self.pair = pair
+
+    def active_terms(self) -> list[int]:
+        """Indices of the terms weighted above 0 (a task-only phase weights them all 0: none runs)."""
+        return [i for i, weight in enumerate(self.term_weights) if weight]
+
+    def term_inputs(self, index: int, student: Outputs, teachers: dict[str, Outputs]) -> tuple[Outputs, Outputs]:
+        """What term `index` reads: the student's outputs and its teacher's (or its teachers' ensemble), paired."""
+        names = self.term_teachers[index]
+        if len(names) == 1:
+            view = teachers[names[0]]
+        else:
+            view = ensemble_outputs([teachers[n] for n in names], getattr(self.terms[index], "temperature", 1.0))
+        return self.pair(student, view) if self.pair is not None else (student, view)
+
+    def forward(self, batch: dict[str, Any], teachers: dict[str, Outputs]) -> dict[str, Any]:
+        student = self.student(batch["input"])
+        parts: dict[str, torch.Tensor] = {}
+        total = student_zero(student)
+        if self.task_weight > 0:
+            parts["task"] = self.task.loss(student, batch)
+            total = total + self.task_weight * parts["task"]
+        for i in self.active_terms():
+            parts[self.term_names[i]] = value = self.terms[i](*self.term_inputs(i, student, teachers), batch)
+            total = total + self.term_weights[i] * value
+        return {"loss": total, "parts": parts, "student": student}
+
+
 class Distiller(nn.Module):
     """Student + frozen teachers + terms.
 
     In train mode ``forward(batch)`` returns ``{"loss", "parts", "student", "teacher", "teachers"}``
-    (``teacher``: the first teacher's outputs; ``teachers``: every computed teacher's, by name). In eval
-    mode it returns the student's outputs only. No teacher gives plain supervised training. With `cached`
-    teachers no teacher network exists: their outputs come with the batch.
+    (``teacher``: the first teacher's outputs; ``teachers``: every computed teacher's, by name): the teachers'
+    outputs (`teacher_outputs`), then the `objective` on them. A training loop may call the two itself, the
+    objective wrapped in DistributedDataParallel. In eval mode it returns the student's outputs only. No teacher
+    gives plain supervised training. With `cached` teachers no teacher network exists: their outputs come with
+    the batch.
 
     Args:
         student: module returning a dict of named outputs (a `TappedModel`).
@@ -82,6 +137,7 @@ class Distiller(nn.Module):
         schedule: ``epoch -> EpochSettings`` (phases, scheduled weights and parameters), or None.
         cached: cached teacher outputs, used instead of `teacher` (which is then None).
         pair: lines the student's outputs up with a teacher's for the terms (multi-crop: `pair_crops`), or None.
+        world: the training processes, given to the terms (a memory bank moves with every process's batch).
     """
 
     def __init__(
@@ -95,6 +151,7 @@ class Distiller(nn.Module):
         schedule: Callable[[int], EpochSettings] | None = None,
         cached: CachedTeachers | None = None,
         pair: Callable[[Outputs, Outputs], tuple[Outputs, Outputs]] | None = None,
+        world: World = ONE_PROCESS,
     ) -> None:
         super().__init__()
         teachers = _named(teacher)
@@ -102,24 +159,46 @@ class Distiller(nn.Module):
         self.teacher_names = list(teachers) or (list(cached.names) if cached is not None else [])
         if terms and not self.teacher_names:
             raise ValueError("distillation terms need a teacher; set teacher or remove distill.terms.")
-        self.student = student
         self.teachers = nn.ModuleDict(teachers)
         inputs = _named(teacher_input)
         self.teacher_inputs = nn.ModuleDict({n: inputs.get(n, nn.Identity()) for n in teachers})
-        self.task = task
-        self.terms = nn.ModuleList(t.term for t in terms)
-        self.term_names = [t.name for t in terms]
-        self.term_weights = [float(t.weight) for t in terms]
         first = next(iter(self.teacher_names), None)
-        self.term_teachers = [t.teachers or ((first,) if first else ()) for t in terms]
-        self.task_weight = float(task_weight)
+        term_teachers = [t.teachers or ((first,) if first else ()) for t in terms]
+        self.objective = StudentObjective(student, task, terms, task_weight, term_teachers, pair)
         self.schedule = schedule
-        self.pair = pair
-        # ``time_section(name)`` wraps the teacher's forward; the trainer sets it to its step timer's.
-        self.time_section: Callable[[str], AbstractContextManager] = _untimed
+        for term in self.objective.terms:
+            term.world = world
         for net in self.teachers.values():
             net.requires_grad_(False)
             net.eval()
+
+    @property
+    def student(self) -> nn.Module:
+        return self.objective.student
+
+    @student.setter
+    def student(self, module: nn.Module) -> None:  # e.g. its torch.compile'd wrapper
+        self.objective.student = module
+
+    @property
+    def terms(self) -> nn.ModuleList:
+        return self.objective.terms
+
+    @property
+    def term_names(self) -> list[str]:
+        return self.objective.term_names
+
+    @property
+    def term_weights(self) -> list[float]:
+        return self.objective.term_weights
+
+    @property
+    def task_weight(self) -> float:
+        return self.objective.task_weight
+
+    def loss_weights(self) -> dict[str, float]:
+        """Each loss part's current weight: ``task`` and every term by name."""
+        return {"task": self.task_weight, **dict(zip(self.term_names, self.term_weights, strict=True))}
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -157,7 +236,7 @@ class Distiller(nn.Module):
             if layout is not None:
                 register_token_layout(layout)  # how adapters turn this model's tokens into maps
         for index, term in enumerate(self.terms):
-            paired, view = self._term_inputs(index, student, teachers)
+            paired, view = self.objective.term_inputs(index, student, teachers)
             try:
                 term.setup(paired, view)
                 if not term.needs_dataset:  # a dry run: shape mistakes surface now, not after an epoch
@@ -173,8 +252,8 @@ class Distiller(nn.Module):
         """Apply the schedule's settings for 0-based `epoch` and tell every term; returns the settings."""
         settings = self.schedule(epoch) if self.schedule is not None else None
         if settings is not None:
-            self.task_weight = settings.task_weight
-            self.term_weights = [settings.weights[name] for name in self.term_names]
+            self.objective.task_weight = settings.task_weight
+            self.objective.term_weights = [settings.weights[name] for name in self.term_names]
             for name, term in zip(self.term_names, self.terms, strict=True):
                 for param, value in settings.params.get(name, {}).items():
                     setattr(term, param, value)
@@ -191,56 +270,29 @@ class Distiller(nn.Module):
             if term.needs_dataset:
                 term.bind_dataset(targets)
 
+    def step_teachers(self) -> list[str]:
+        """The teachers a training step runs: those the active terms read (none in a task-only phase)."""
+        objective = self.objective
+        return list(dict.fromkeys(n for i in objective.active_terms() for n in objective.term_teachers[i]))
+
     def teacher_outputs(self, batch: dict[str, Any], names: Sequence[str]) -> dict[str, Outputs]:
         """The named teachers' outputs, computed under inference mode (or read from the cache)."""
         if self.cached is not None:
-            with self.time_section("teacher"):
-                return self.cached.outputs(batch, names)
+            return self.cached.outputs(batch, names)
         result = {}
         for name in names:
-            with self.time_section("teacher"), torch.inference_mode():
+            with torch.inference_mode():
                 outputs = self.teachers[name](self.teacher_inputs[name](global_crops(batch["input"])))
             # Inference tensors cannot be saved for backward; a clone makes them ordinary constants.
             result[name] = {k: v.clone() for k, v in outputs.items()}
         return result
 
-    def _term_inputs(self, index: int, student: Outputs, teachers: dict[str, Outputs]) -> tuple[Outputs, Outputs]:
-        """What term `index` reads: the student's outputs and its teacher's (or its teachers' ensemble), paired."""
-        names = self.term_teachers[index]
-        if len(names) == 1:
-            view = teachers[names[0]]
-        else:
-            view = ensemble_outputs([teachers[n] for n in names], getattr(self.terms[index], "temperature", 1.0))
-        return self.pair(student, view) if self.pair is not None else (student, view)
-
     def forward(self, batch: dict[str, Any]) -> dict[str, Any] | Outputs:
-        student = self.student(batch["input"])
         if not self.training:
-            return student
-        # Terms weighted 0 (a task-only phase) are skipped, and so is a teacher no active term reads.
-        active = [i for i, weight in enumerate(self.term_weights) if weight]
-        needed = list(dict.fromkeys(n for i in active for n in self.term_teachers[i]))
-        teachers = self.teacher_outputs(batch, needed)
-        parts: dict[str, torch.Tensor] = {}
-        total = student_zero(student)
-        if self.task_weight > 0:
-            parts["task"] = self.task.loss(student, batch)
-            total = total + self.task_weight * parts["task"]
-        for i in active:
-            parts[self.term_names[i]] = value = self.terms[i](*self._term_inputs(i, student, teachers), batch)
-            total = total + self.term_weights[i] * value
+            return self.student(batch["input"])
+        teachers = self.teacher_outputs(batch, self.step_teachers())
         first = next(iter(self.teacher_names), None)
-        return {
-            "loss": total,
-            "parts": parts,
-            "student": student,
-            "teacher": teachers.get(first, {}),
-            "teachers": teachers,
-        }
-
-
-def _untimed(name: str) -> AbstractContextManager:
-    return nullcontext()
+        return {**self.objective(batch, teachers), "teacher": teachers.get(first, {}), "teachers": teachers}
 
 
 def _named(value: nn.Module | Mapping[str, nn.Module] | None) -> dict[str, nn.Module]:

@@ -7,18 +7,17 @@ weights, run channels-last and compiled. Its outputs always come back on the dev
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from kdforge.core.config import RunConfig, TeacherRuntimeConfig
+from kdforge.core.context import resolve_device
 from kdforge.data.inputs import Inputs, first_tensor, map_inputs
 from kdforge.distill.adapters import InputAdapter
 from kdforge.distill.distiller import DEFAULT_TEACHER
-from kdforge.distill.losses.dense import expose_attention
+from kdforge.distill.terms import prepare_for_terms
 from kdforge.models.build import build_model, tapped_model
 from kdforge.models.taps import TappedModel
 
@@ -77,7 +76,6 @@ def _moved(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.T
 
 def teacher_device(config: RunConfig, device: torch.device) -> torch.device:
     """Where the teachers run: ``teacher_runtime.device``, else the run's device."""
-    from kdforge.app.runtime import resolve_device
 
     return resolve_device(config.teacher_runtime.device) if config.teacher_runtime.device else device
 
@@ -90,31 +88,6 @@ def teacher_stacks(
     for stack in stacks.values():
         stack.to(device)  # the input adapters; a teacher with its own device stays there
     return stacks
-
-
-def evaluate_teachers(
-    config: RunConfig,
-    stacks: dict[str, nn.Module],
-    loader: DataLoader,
-    task: Any,
-    device: torch.device,
-    amp: str,
-    say: Callable[[str], None],
-    warn: Callable[[str], None],
-) -> dict[str, dict[str, float]]:
-    """Each teacher's metrics on the val set, said aloud, so a bad teacher shows before hours are spent on it."""
-    from kdforge.engine.evaluate import evaluate
-
-    results = {}
-    for name, stack in stacks.items():
-        if not config.teacher_specs()[name].checkpoint:
-            warn(
-                f"the {teacher_role(name)} has no checkpoint, so it has random weights (kdforge never downloads "
-                "pretrained weights): set its checkpoint (--teacher-checkpoint) to distil a trained teacher."
-            )
-        results[name] = metrics = evaluate(stack, loader, task, device, amp)
-        say(f"{teacher_role(name)}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    return results
 
 
 def build_teachers(
@@ -134,9 +107,8 @@ def build_teachers(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             net = build_model(spec, num_classes, teacher_role(name))
+            prepare_for_terms(config, net)
             net = tapped_model(net, spec, taps, to_outputs, "global" if config.data.multicrop else None)
-        if any(term.loss == "attention" for term in config.distill.terms):
-            expose_attention(net.model)  # timm's fused attention never materialises the probabilities a tap reads
         net.requires_grad_(False).eval()
         teachers[name] = TeacherRunner(net, runtime, where)
         if spec.input is not None:
@@ -144,14 +116,3 @@ def build_teachers(
                 config.data.mean, config.data.std, spec.input.mean, spec.input.std, spec.input.size
             )
     return teachers, inputs
-
-
-TEACHER_LATENCY_RUNS = 5  # a big teacher's CPU forward can take a second; fewer runs than the student's
-
-
-def teacher_profile(teacher: TeacherRunner, example: Inputs) -> dict[str, Any]:
-    """The report's cost figures of one teacher (`kdforge.app.report.profile`) on `example`, the batch-1 input it
-    reads (through its input adapter)."""
-    from kdforge.app.report.profile import model_profile
-
-    return model_profile(teacher.net.model, example, runs=TEACHER_LATENCY_RUNS, adapter=teacher.net.adapter)

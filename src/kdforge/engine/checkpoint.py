@@ -16,8 +16,8 @@ import torch
 
 from kdforge.core.atomic import atomic_write
 from kdforge.core.errors import CheckpointError
+from kdforge.models.checkpoint import TRAINING_FORMAT as FORMAT
 
-FORMAT = "kdforge-checkpoint"
 VERSION = 1
 
 

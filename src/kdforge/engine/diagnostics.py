@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdforge.core.distributed import sum_across
+from kdforge.core.distributed import ONE_PROCESS, World
 from kdforge.distill.losses.base import softened_kl
 from kdforge.engine.evaluate import autocast_context, to_device
 
@@ -59,6 +59,7 @@ def teacher_agreement(
     key: str = "logits",
     channels_last: bool = False,
     ignore_index: int | None = None,
+    world: World = ONE_PROCESS,
 ) -> dict[str, float]:
     """``val/agreement`` (% of samples where the student's top-1 equals the teacher's) and ``val/teacher_kl``
     (mean KL(teacher || student) at T = 1 per sample) over the loader; both modules return dicts of outputs
@@ -85,7 +86,7 @@ def teacher_agreement(
         count += valid.sum()
     for module, mode in modes:
         module.train(mode)
-    sum_across(sums)  # under torchrun each process saw its share of the val set
+    world.sum(sums)  # under torchrun each process saw its share of the val set
     agreement, teacher_kl = (torch.stack([100 * agree, kl]) / count).tolist()
     return {"val/agreement": agreement, "val/teacher_kl": teacher_kl}
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdforge.core.distributed import gather_varying_rows, sum_attributes
+from kdforge.core.distributed import ONE_PROCESS, World
 from kdforge.data.inputs import map_inputs
 from kdforge.tasks.base import Task
 
@@ -51,9 +51,11 @@ def evaluate(
     device: torch.device,
     amp: str = "off",
     channels_last: bool = False,
+    world: World = ONE_PROCESS,
 ) -> dict[str, float]:
     """Metrics of `model` (returning the task's outputs dict) over `loader`; restores its train/eval mode.
-    `channels_last` feeds 4-D inputs in channels-last memory format (for a model converted to it)."""
+    `channels_last` feeds 4-D inputs in channels-last memory format (for a model converted to it). Under torchrun
+    (`world`) each process evaluates its share and the metrics are summed over all."""
     was_training = model.training
     model.eval()
     metrics = task.metrics()
@@ -64,9 +66,9 @@ def evaluate(
             outputs = model(batch["input"])
         metrics.update(outputs, batch)
     model.train(was_training)
-    sum_attributes(metrics, metrics.sums)  # under torchrun each process saw its share of the val set
+    world.sum_attributes(metrics, metrics.sums)
     for name in metrics.rows:  # every process joins each gather, also one without val rows
         local = getattr(metrics, name)
-        rows = gather_varying_rows(torch.cat(local) if local else None)
+        rows = world.gather_varying_rows(torch.cat(local) if local else None)
         setattr(metrics, name, [rows] if rows is not None else [])
     return metrics.compute()

@@ -6,6 +6,8 @@ import time
 
 import torch
 
+from kdforge.core.distributed import ONE_PROCESS, World
+
 
 class StepMeter:
     """Sums over one log interval. A micro-step's values stay *pending* until its optimizer step is
@@ -41,10 +43,16 @@ class StepMeter:
     def discard(self) -> None:
         self.pending, self.pending_steps, self.pending_samples = {}, 0, 0
 
-    def means(self) -> dict[str, float]:
-        """Mean loss and parts per micro-step, and throughput (where the time goes is `StepTimer`'s job)."""
+    def means(self, world: World = ONE_PROCESS, device: torch.device | None = None) -> dict[str, float]:
+        """Mean loss and parts per micro-step, and throughput (where the time goes is `StepTimer`'s job); under
+        torchrun the means are averaged over the processes and the throughput summed (one collective on
+        `device`)."""
         count = max(self.micro_steps, 1)
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         values = {name: float(total) / count for name, total in self.sums.items()}
         values["samples_per_s"] = self.samples / elapsed
-        return values
+        if not world.distributed:
+            return values
+        keys = sorted(values)
+        summed = world.sum(torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)).tolist()
+        return {k: v if k == "samples_per_s" else v / world.size for k, v in zip(keys, summed, strict=True)}

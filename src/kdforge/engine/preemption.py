@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from kdforge.core.errors import KDForgeError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-PREEMPTED_MARKER = "PREEMPTED"  # in the run directory while a stopped run waits to be resumed
 
 
 class Preempted(KDForgeError):
@@ -59,6 +59,20 @@ class StopSignals:
     @property
     def requested(self) -> bool:
         return self.received is not None
+
+
+def preempted(signum: int | None, state: Any, run_dir: Path | None) -> Preempted:
+    """The error that ends a run stopped by `signum` after ``state.global_step`` (a `TrainState`), saying how to go
+    on."""
+    signum = signum or signal.SIGTERM
+    at_end = not state.step_in_epoch
+    where = f"end of epoch {state.epoch}" if at_end else f"epoch {state.epoch + 1}, batch {state.step_in_epoch}"
+    again = f" (or kdforge train --resume {run_dir})." if run_dir else "."
+    return Preempted(
+        f"stopped by {signal.Signals(signum).name} after optimizer step {state.global_step} ({where}); last.pt holds "
+        f"it. Run the same command again to continue{again}",
+        signum,
+    )
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:

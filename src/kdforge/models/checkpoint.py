@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from kdforge.core.errors import CheckpointError, UntrustedCheckpointError
-from kdforge.engine.checkpoint import FORMAT as TRAINING_FORMAT
 
+TRAINING_FORMAT = "kdforge-checkpoint"  # the marker of a kdforge training checkpoint (engine/checkpoint.py)
 # Where common trainers nest the weights, in the order they are tried.
 NESTED_KEYS = ("model", "state_dict", "model_ema", "student", "ema", "module")
 _PREFIXES = ("module.", "_orig_mod.")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from kdforge.core.config import RunConfig
-from kdforge.core.errors import ClassCountMismatchError, DataError
+from kdforge.core.errors import ClassCountMismatchError, ConfigError, DataError
 from kdforge.core.registry import Registry
 
 Outputs = dict[str, torch.Tensor]
@@ -41,6 +42,27 @@ class Task:
     name = "task"
     logit_keys: tuple[str, ...] = ()  # outputs holding class scores on axis 1: the teacher cache keeps their top-k
     embeds_only = False  # models are backbones returning their embedding (built with num_classes=0)
+    reads_crops = False  # True: the student may see several crops per sample (data.multicrop)
+    # A task that trains on a loop of its own (detection: Ultralytics') sets this to a function
+    # ``(config, run_dir, resume: bool) -> RunResult`` that runs instead of kdforge's Trainer.
+    own_training: Callable[..., Any] | None = None
+
+    @classmethod
+    def command_line(cls, flags: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The CLI's short flags (``--epochs``, ``--lr`` ...) as this task reads them: the flags kdforge applies as
+        usual, and ``key=value`` overrides for the ones this task keeps elsewhere; a flag it cannot honour raises
+        `ConfigError` saying what to use instead. Most tasks take every flag as it is."""
+        return flags, []
+
+    @classmethod
+    def configure(cls, config: RunConfig) -> None:
+        """Refuse settings this task cannot run, and fill in its own defaults; called once when the run is
+        resolved, before any data or model is built. Subclasses extend it (call ``super().configure``)."""
+        if config.data.multicrop is not None and not cls.reads_crops:
+            raise ConfigError(
+                f"data.multicrop gives the student several crops per sample, but task {config.task!r} trains on one "
+                "view per sample: remove data.multicrop (task: features matches crops with the teacher's embeddings)."
+            )
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config

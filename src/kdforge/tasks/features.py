@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from kdforge.core.config import FeaturesConfig
-from kdforge.core.errors import ClassCountMismatchError, DataError
+from kdforge.core.config import FeaturesConfig, RunConfig
+from kdforge.core.errors import ClassCountMismatchError, ConfigError, DataError
 from kdforge.data.datasets import UNLABELLED
 from kdforge.distill.distiller import student_zero
+from kdforge.distill.losses import TERMS
 from kdforge.tasks.base import Metrics, Outputs, Task
 
 KNN_QUERY_CHUNK = 1024  # queries scored at once: bounds the (queries x memory) similarity matrix
@@ -27,6 +28,38 @@ KNN_QUERY_CHUNK = 1024  # queries scored at once: bounds the (queries x memory) 
 class FeaturesTask(Task):
     name = "features"
     embeds_only = True
+    reads_crops = True
+
+    @classmethod
+    def configure(cls, config: RunConfig) -> None:
+        """No labelled loss: the task weight is 0 (set to 0 when not given, refused otherwise), the terms teach
+        and the models are backbones; a term keeping one memory row per sample cannot read several crops."""
+        super().configure(config)
+        distill = config.distill
+        explicit = [distill.task_weight] if "task_weight" in distill.model_fields_set else []
+        if any(w not in (0, None) for w in [*explicit, *(p.task_weight for p in distill.phases)]):
+            raise ConfigError(
+                "task: features has no labelled loss, so distill.task_weight (and phase task weights) must be 0; "
+                "remove them (labels are only read by the k-NN evaluation)."
+            )
+        distill.task_weight = 0.0
+        if not distill.terms:
+            raise ConfigError(
+                "task: features learns from the teacher only: add distill.terms (e.g. cosine on embedding)."
+            )
+        for role, spec in {"student": config.student, **config.teacher_specs()}.items():
+            classes = spec.num_classes if spec.num_classes is not None else spec.kwargs.get("num_classes")
+            if classes not in (None, 0):
+                raise ConfigError(
+                    f"task: features distils embeddings, but {role} sets num_classes={classes} (a classifier "
+                    "head): remove it, so the model is built as a backbone returning its pooled embedding."
+                )
+        per_sample = [t.loss for t in distill.terms if TERMS.get(t.loss).needs_dataset]
+        if config.data.multicrop is not None and per_sample:
+            raise ConfigError(
+                f"{', '.join(per_sample)} keeps one memory row per sample, but data.multicrop gives several crops per "
+                "sample; use cosine / smooth_l1 with multi-crop, or drop data.multicrop for CRD."
+            )
 
     def eval_dataset(self) -> Dataset:
         """The val split, preceded by the k-NN memory (the train split under the evaluation transform) unless

@@ -15,12 +15,14 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
+from kdforge.app.build import build_loaders, build_task
 from kdforge.app.cache import build as build_module
 from kdforge.app.cache.build import open_cache, resolve_views
 from kdforge.app.cache.reading import CachedTeacherDataset, TeacherCache
 from kdforge.app.cache.store import PARAMS, PROGRESS, CacheReader, CacheWriter, partial_dir
-from kdforge.app.pipeline import build_cache, build_loaders, build_task
+from kdforge.app.pipeline import build_cache
 from kdforge.core.config import CacheConfig
+from kdforge.core.context import Context
 from kdforge.core.errors import CacheError, StaleCacheError
 from kdforge.data.datasets import BatchDict
 from kdforge.data.digits import DigitsDataset
@@ -394,7 +396,7 @@ def test_training_batches_carry_the_teacher_outputs_of_their_own_views(make_conf
     config = _replay_config(make_config, tmp_path)
     cache, train_set = _opened(config)
     dataset = CachedTeacherDataset(train_set, cache.reader)
-    loader, _ = build_loaders(config, dataset, train_set, torch.device("cpu"), views=cache.views)
+    loader, _ = build_loaders(config, dataset, train_set, Context(), views=cache.views)
     loader.sampler.set_epoch(1)
     pairs = list(loader.sampler)
     assert {view for _, view in pairs} == {0, 1, 2}

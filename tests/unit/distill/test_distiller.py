@@ -180,7 +180,7 @@ def test_teacher_runs_under_inference_mode() -> None:
     distiller.teacher.register_forward_pre_hook(lambda *_: seen.append(("teacher", torch.is_inference_mode_enabled())))
     distiller.student.register_forward_pre_hook(lambda *_: seen.append(("student", torch.is_inference_mode_enabled())))
     out = distiller(batch)
-    assert seen == [("student", False), ("teacher", True)]
+    assert seen == [("teacher", True), ("student", False)]  # teachers first, outside the objective DDP wraps
     # Outputs are cloned out of inference mode so the terms may save them for backward.
     assert not any(v.is_inference() for v in out["teacher"].values())
     out["loss"].backward()

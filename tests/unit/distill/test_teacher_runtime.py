@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdforge.app.pipeline import build_task, train
+from kdforge.app.build import build_task
+from kdforge.app.pipeline import train
 from kdforge.distill.teachers import build_teachers
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from kdforge.app.api import load_config
 from kdforge.app.pipeline import train
-from kdforge.core.config import load_config
 from kdforge.core.errors import ConfigError
 from kdforge.distill.distiller import Distiller, WeightedTerm, ensemble_outputs
 from kdforge.distill.losses import build_term

@@ -241,7 +241,7 @@ def test_a_run_logs_gradient_shares_every_n_steps_and_teacher_agreement_per_eval
 
     from kdforge.app.pipeline import train
 
-    result = train(make_config(log={"progress": False, "tensorboard": False, "diagnostics_every_steps": 2}))
+    result = train(make_config(log={"progress": False, "loggers": [], "diagnostics_every_steps": 2}))
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     shares = [r for r in records if r["kind"] == "diagnostics" and "grad_share/kd" in r]
     assert [r["step"] for r in shares] == [2, 4, 6, 8, 10, 12]  # 2 epochs x 6 steps

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kdforge.core.distributed import gather_varying_rows
+from kdforge.core.distributed import World
 
 ROWS = (3, 1, 0, None)  # rank 0 has 3 rows, rank 1 one (an uneven val split), rank 2 none, rank 3 no tensor at all
 
@@ -24,13 +24,13 @@ def _share(rank: int) -> torch.Tensor | None:
 
 def test_without_a_process_group_it_is_the_identity() -> None:
     rows = _share(0)
-    assert gather_varying_rows(rows) is rows
+    assert World().gather_varying_rows(rows) is rows
 
 
 def _gather(rank: int, store: str, out: str, world: int) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        torch.save(gather_varying_rows(_share(rank)), f"{out}.{rank}")
+        torch.save(World.joined().gather_varying_rows(_share(rank)), f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 

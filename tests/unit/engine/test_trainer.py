@@ -24,14 +24,14 @@ class _Crash(RuntimeError):
 
 def _crash_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
     """Make the trainer die (like a killed process) after `steps` optimizer steps."""
-    original = Trainer._optimizer_step
+    original = Trainer._update
 
-    def step(self: Trainer) -> None:
+    def step(self: Trainer) -> tuple[bool, bool]:
         if self.state.global_step == steps:
             raise _Crash("simulated crash")
-        original(self)
+        return original(self)
 
-    monkeypatch.setattr(Trainer, "_optimizer_step", step)
+    monkeypatch.setattr(Trainer, "_update", step)
 
 
 def _final_student(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -134,7 +134,7 @@ def test_checkpoint_files_and_pruning(make_config):
 
 
 def test_teacher_weights_are_bit_identical_after_training(make_config, monkeypatch, tmp_path):
-    from kdforge.app import pipeline
+    from kdforge.app import build
     from kdforge.distill import teachers
     from kdforge.models.zoo import cnn
 
@@ -142,13 +142,13 @@ def test_teacher_weights_are_bit_identical_after_training(make_config, monkeypat
     path = tmp_path / "teacher.pt"
     torch.save({"state_dict": cnn(num_classes=10, in_chans=1, widths=[16, 32]).state_dict()}, path)
     built: dict[str, nn.Module] = {}  # the live modules the run trains with, by role
-    real_build_model = pipeline.build_model
+    real_build_model = build.build_model
 
     def recording_build_model(spec, num_classes=None, role="model"):
         built[role] = real_build_model(spec, num_classes, role)
         return built[role]
 
-    monkeypatch.setattr(pipeline, "build_model", recording_build_model)
+    monkeypatch.setattr(build, "build_model", recording_build_model)
     monkeypatch.setattr(teachers, "build_model", recording_build_model)
     result = train(make_config(teacher={"checkpoint": str(path)}))
 
@@ -240,7 +240,7 @@ def test_epoch_checkpoints_are_written_for_epochs_that_were_not_evaluated(make_c
 )
 def test_metric_name_typo_fails_before_training(make_config, monkeypatch, tmp_path, section, typo, suggestion):
     steps: list[int] = []
-    monkeypatch.setattr(Trainer, "_optimizer_step", lambda self: steps.append(1))
+    monkeypatch.setattr(Trainer, "_update", lambda self: steps.append(1))
     with pytest.raises(ConfigError) as info:  # at config validation or when the trainer is built
         train(make_config(train=section))
     message = str(info.value)
@@ -254,7 +254,7 @@ def test_metric_name_typo_fails_before_training(make_config, monkeypatch, tmp_pa
 
 def test_resume_with_ema_switched_on_starts_the_ema_from_the_resumed_weights(make_config, monkeypatch, tmp_path):
     first = train(make_config(train={"epochs": 1}))
-    assert load_checkpoint(first.run_dir / "checkpoints" / "last.pt")["ema"] is None
+    assert load_checkpoint(first.run_dir / "checkpoints" / "last.pt").get("ema") is None
     resumed_weights = _final_student(first.run_dir)
 
     seen: dict[str, dict[str, torch.Tensor]] = {}
@@ -262,8 +262,8 @@ def test_resume_with_ema_switched_on_starts_the_ema_from_the_resumed_weights(mak
 
     def recording_resume(self: Trainer, path) -> None:
         original_resume(self, path)
-        seen["ema"] = {k: v.clone() for k, v in self.ema.module.state_dict().items()}
-        seen["student"] = {k: v.clone() for k, v in self.student_net.state_dict().items()}
+        seen["ema"] = {k: v.clone() for k, v in self.eval_network.state_dict().items()}  # the EMA's copy
+        seen["student"] = {k: v.clone() for k, v in self.student.state_dict().items()}
 
     monkeypatch.setattr(Trainer, "resume", recording_resume)
     config, run_dir, ckpt = resume_config(first.run_dir, ["train.ema={decay: 0.9, warmup: false}", "train.epochs=2"])
@@ -282,7 +282,7 @@ def test_resume_with_ema_switched_on_starts_the_ema_from_the_resumed_weights(mak
 # --- channels-last --------------------------------------------------------------------------------
 
 
-CHANNELS_LAST = torch.channels_last
+CHANNELS_LAST = CL = torch.channels_last
 RGB = dict(
     data={"in_chans": 3, "mean": [0.0] * 3, "std": [1.0] * 3},
     student={"kwargs": {"in_chans": 3}},
@@ -291,18 +291,21 @@ RGB = dict(
 
 
 def _trainers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Trainer, list[bool]]]:
-    """The Trainers built from now on, each with whether its student's inputs (train and eval) were channels-last."""
+    """The Trainers fitted from now on, each with whether its student's inputs (train and eval) were channels-last."""
     made: list[tuple[Trainer, list[bool]]] = []
-    original = Trainer.__init__
+    original = Trainer.train_step
 
-    def init(self: Trainer, *args, **kwargs) -> None:
+    def train_step(self: Trainer, *args, **kwargs) -> None:
+        if not made or made[-1][0] is not self:  # the first step: the EMA exists by now
+            seen: list[bool] = []
+            for net in (self.student, self.eval_network):
+                net.register_forward_pre_hook(
+                    lambda _m, x: seen.append(x[0].is_contiguous(memory_format=CHANNELS_LAST))
+                )
+            made.append((self, seen))
         original(self, *args, **kwargs)
-        seen: list[bool] = []
-        for net in (self.student_net, self.ema.module):
-            net.register_forward_pre_hook(lambda _m, x: seen.append(x[0].is_contiguous(memory_format=CHANNELS_LAST)))
-        made.append((self, seen))
 
-    monkeypatch.setattr(Trainer, "__init__", init)
+    monkeypatch.setattr(Trainer, "train_step", train_step)
     return made
 
 
@@ -313,13 +316,14 @@ def test_channels_last_student_trains_to_the_same_weights(make_config, monkeypat
         train(make_config(**RGB, train=train_cfg, output={"name": name}))
     (plain, plain_seen), (fast, fast_seen) = trainers
 
-    for net in (fast.student_net, fast.ema.module):
+    assert fast.eval_network is not fast.student  # the EMA's copy
+    for net in (fast.student, fast.eval_network):
         convs = [p for p in net.parameters() if p.dim() == 4]
         assert convs and all(p.is_contiguous(memory_format=CHANNELS_LAST) and not p.is_contiguous() for p in convs)
     assert fast_seen and all(fast_seen)  # training and evaluation inputs
     assert plain_seen and not any(plain_seen)
-    expected = plain.student_net.state_dict()
-    for key, value in fast.student_net.state_dict().items():
+    expected = plain.student.state_dict()
+    for key, value in fast.student.state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-5, msg=key)
 
 

@@ -11,12 +11,18 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 import kdforge.tasks.features as features
-from kdforge.core.config import FeaturesConfig, validate_config
+from kdforge.app.checks import check_config
+from kdforge.core.config import FeaturesConfig, RunConfig, validate_config
 from kdforge.core.errors import ClassCountMismatchError, ConfigError, DataError
 from kdforge.tasks.features import FeaturesTask, KNNEvalSet, KNNMetrics, knn_hits, linear_probe_accuracy
 
 TEACHER = {"source": "import", "name": "kdforge.models.zoo:cnn", "kwargs": {"in_chans": 1, "widths": [8]}}
 TERMS = [{"loss": "kd", "weight": 1.0}]
+
+
+def _checked(raw: dict) -> RunConfig:
+    """The config as a run resolves it: the schema, then the task's own rules."""
+    return check_config(validate_config(raw))
 
 
 def unit(degrees: float) -> list[float]:
@@ -31,7 +37,7 @@ def vectors(*degrees: float) -> torch.Tensor:
 def features_config(**distill: Any) -> Any:
     """A `task: features` run config; `distill` replaces the distill section."""
     raw = {"task": "features", "teacher": TEACHER, "student": TEACHER, "distill": distill or {"terms": TERMS}}
-    return validate_config(raw)
+    return _checked(raw)
 
 
 # --- knn_hits ---------------------------------------------------------------------------------------------------
@@ -332,15 +338,15 @@ def test_multicrop_needs_the_features_task(make_config) -> None:
 
 def test_multicrop_with_the_features_task_is_accepted() -> None:
     raw = {"task": "features", "teacher": TEACHER, "student": TEACHER, "distill": {"terms": TERMS}}
-    config = validate_config({**raw, "data": {"multicrop": {"local_crops": 3}}})
+    config = _checked({**raw, "data": {"multicrop": {"local_crops": 3}}})
     assert config.data.multicrop.locals == 3
 
 
 def test_linear_fitness_needs_the_linear_probe() -> None:
     raw = {"task": "features", "teacher": TEACHER, "student": TEACHER, "distill": {"terms": TERMS}}
     with pytest.raises(ConfigError, match="linear_probe"):
-        validate_config({**raw, "features": {"fitness": "linear"}})
-    accepted = validate_config({**raw, "features": {"fitness": "linear", "linear_probe": True}})
+        _checked({**raw, "features": {"fitness": "linear"}})
+    accepted = _checked({**raw, "features": {"fitness": "linear", "linear_probe": True}})
     assert accepted.features.fitness == "linear"
 
 
@@ -349,15 +355,15 @@ def test_crd_with_multicrop_is_refused() -> None:
     crd = {"loss": "crd", "student": "embedding", "teacher": "embedding"}
     raw = {"task": "features", "teacher": TEACHER, "student": TEACHER, "distill": {"terms": [crd]}}
     with pytest.raises(ConfigError, match="crd keeps one memory row per sample"):
-        validate_config({**raw, "data": {"multicrop": {}}})
-    assert validate_config(raw).distill.terms[0].loss == "crd"  # without multi-crop CRD is fine
+        _checked({**raw, "data": {"multicrop": {}}})
+    assert _checked(raw).distill.terms[0].loss == "crd"  # without multi-crop CRD is fine
 
 
 @pytest.mark.parametrize("head", [{"num_classes": 10}, {"kwargs": {"num_classes": 10}}])
 def test_a_classifier_head_in_a_features_run_is_refused(head: dict) -> None:
     student = {**TEACHER, **head}
     with pytest.raises(ConfigError, match="student sets num_classes=10"):
-        validate_config({"task": "features", "teacher": TEACHER, "student": student, "distill": {"terms": TERMS}})
+        _checked({"task": "features", "teacher": TEACHER, "student": student, "distill": {"terms": TERMS}})
 
 
 def test_compare_refuses_a_label_free_task() -> None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from kdforge.core.config import ModelSpec
-from kdforge.core.distributed import sum_attributes
+from kdforge.core.distributed import World
 from kdforge.core.errors import ClassCountMismatchError, DataError
 from kdforge.models.build import build_model
 from kdforge.tasks.base import TASKS
@@ -170,7 +170,7 @@ def test_sum_attributes_leaves_tensors_alone_in_one_process(task):
     metrics.update({"logits": LOGITS}, {"target": MASK})
     confusion, loss_sum = metrics.confusion, metrics.loss_sum
     before = confusion.clone()
-    sum_attributes(metrics, metrics.sums)
+    World().sum_attributes(metrics, metrics.sums)
     assert metrics.confusion is confusion and confusion.dtype == torch.int64 and torch.equal(confusion, before)
     assert metrics.loss_sum == loss_sum
 
@@ -182,7 +182,9 @@ def _evaluate_share(rank: int, store: str, out: str, device: str) -> None:
         metrics = SegmentationMetrics(3, IGNORE, list(IOU))
         outputs, batch = _share(rank)
         metrics.update({"logits": outputs["logits"].to(device)}, {"target": batch["target"].to(device)})
-        sum_attributes(metrics, metrics.sums)  # gloo reduces on the CPU: a CUDA matrix goes there and back
+        World.joined().sum_attributes(
+            metrics, metrics.sums
+        )  # gloo reduces on the CPU: a CUDA matrix goes there and back
         assert metrics.confusion.dtype == torch.int64 and metrics.confusion.device.type == device
         if rank == 0:
             Path(out).write_text(json.dumps(metrics.compute()))

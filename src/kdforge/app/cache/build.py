@@ -18,15 +18,14 @@ from kdforge.app.cache.fingerprint import changes, fingerprint
 from kdforge.app.cache.reading import TeacherCache
 from kdforge.app.cache.store import DENSE, CacheReader, CacheWriter, build_lock, read_manifest
 from kdforge.app.report.profile import example_input
+from kdforge.app.teachers import evaluate_teachers, teacher_profile
 from kdforge.core.config import CacheConfig, RunConfig
 from kdforge.core.errors import CacheError, StaleCacheError
 from kdforge.data.inputs import batch_size
 from kdforge.data.views import reads_differ
 from kdforge.distill.teachers import (
     build_teachers,
-    evaluate_teachers,
     teacher_device,
-    teacher_profile,
     teacher_stacks,
 )
 from kdforge.engine.evaluate import autocast_context, resolve_amp, to_device

@@ -89,9 +89,9 @@ def fingerprint(config: RunConfig, raw: Dataset, views: int, amp: str) -> dict[s
 
 
 def _headless(config: RunConfig) -> bool:
-    from kdforge.tasks.base import TASKS
+    from kdforge.app.checks import task_class
 
-    return TASKS.get(config.task).embeds_only
+    return task_class(config.task).embeds_only
 
 
 def _teacher(spec: Any, seed: int, headless: bool) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Ultralytics' callbacks into kdforge's logs: ``metrics.jsonl`` records (the format `kdforge.app.report` reads)
-and TensorBoard scalars, through `RunLogger`.
+and every configured logger (TensorBoard, CSV, W&B, MLflow), through `RunLog`.
 
 Records: ``train`` (loss parts raw as ``loss/*`` and weighted as ``wloss/*``, ``loss/total``, ``grad_norm``,
 ``lr``) every ``log.every_steps`` batches or once per epoch (``detect.log_every``); ``val`` after each epoch's
@@ -15,7 +15,7 @@ from typing import Any
 
 from kdforge.app.detection.trainer import METRIC_KEYS, KDDetectionTrainer
 from kdforge.core.config.schema import RunConfig
-from kdforge.engine.logger import RunLogger
+from kdforge.engine.loggers import RunLog
 
 
 def loss_weights(config: RunConfig, distilling: bool) -> dict[str, float]:
@@ -46,7 +46,7 @@ def loss_record(items: dict[str, Any], weights: dict[str, float]) -> dict[str, f
 class LogBridge:
     """Registered on a `KDDetectionTrainer`; writes through `logger`."""
 
-    def __init__(self, config: RunConfig, logger: RunLogger, distilling: bool) -> None:
+    def __init__(self, config: RunConfig, logger: RunLog, distilling: bool) -> None:
         self.logger = logger
         self.weights = loss_weights(config, distilling)
         self.per_batch = config.detect.log_every == "batch"

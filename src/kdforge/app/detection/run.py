@@ -9,7 +9,6 @@ paths), ``metrics.jsonl``, ``tb/``, ``summary.json``, ``report.html`` and Ultral
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +23,24 @@ from kdforge.app.detection.export import export_to_registry
 from kdforge.app.detection.logbridge import LogBridge
 from kdforge.app.detection.teacher import check_model_file
 from kdforge.app.detection.trainer import METRIC_KEYS, KDDetectionTrainer, fitness_of
+from kdforge.app.finalize import RunResult
 from kdforge.app.report.html import write_report
 from kdforge.app.report.summary import print_summary, write_summary
-from kdforge.app.runtime import default_threads, git_commit, new_run_dir, write_run_files
+from kdforge.app.rundir import git_commit, new_run_dir, write_run_files
+from kdforge.core import runfiles
 from kdforge.core.config.schema import RunConfig
+from kdforge.core.context import default_threads
 from kdforge.core.errors import CheckpointError, ConfigError
-from kdforge.engine.logger import RunLogger
+from kdforge.engine.loggers import RunLog, build_loggers
 from kdforge.models.build import count_parameters
 
 RESUME_FREE = frozenset({"device", "threads", "detect.workers", "log.verbose"})  # may change on resume
 
 
-@dataclass
-class DetectionResult:
-    """What a detection run produced."""
-
-    run_dir: Path
-    metrics: dict[str, float]  # the best model's, validated after training
-    teacher_metrics: dict[str, float] = field(default_factory=dict)
-    registry_model: Path | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-def train_detection(config: RunConfig, run_dir: Path | None = None, resume: bool = False) -> DetectionResult:
-    """Train (or distil) the student; with `resume`, continue `run_dir` from its ``yolo/weights/last.pt``."""
+def train_detection(config: RunConfig, run_dir: Path | None = None, resume: bool = False) -> RunResult:
+    """Train (or distil) the student; with `resume`, continue `run_dir` from its ``yolo/weights/last.pt``. Its
+    result's ``metrics`` and ``best_metrics`` are the best model's, validated after training; ``files`` holds
+    ``best`` (Ultralytics' best.pt) and ``registry`` (the registry model, when exported)."""
     check_single_process()
     torch.set_num_threads(config.threads or default_threads())
     run_dir = run_dir or new_run_dir(config)
@@ -60,14 +53,15 @@ def train_detection(config: RunConfig, run_dir: Path | None = None, resume: bool
     if resume:
         overrides["resume"] = str(_last_checkpoint(run_dir))
     trainer = KDDetectionTrainer(config.detect, config.teacher, overrides)
-    logger = RunLogger(run_dir, config.log.tensorboard, progress=False, verbose=config.log.verbose)
+    logger = RunLog(run_dir, build_loggers(config.log.loggers), verbose=config.log.verbose)
+    logger.start(run_dir.name, config.to_dict(), resumed=resume)
     try:
         teacher_metrics = _teacher_metrics(config, trainer, data, logger) if not resume else _logged_teacher(run_dir)
         LogBridge(config, logger, trainer.teacher is not None).attach(trainer)
         _train(trainer, run_dir, resume)
+        return _finish(config, trainer, data, run_dir, teacher_metrics, logger)
     finally:
         logger.close()
-    return _finish(config, trainer, data, run_dir, teacher_metrics)
 
 
 def _saved_config(run_dir: Path, config: RunConfig) -> RunConfig:
@@ -117,7 +111,7 @@ def _last_checkpoint(run_dir: Path) -> Path:
 
 
 def _teacher_metrics(
-    config: RunConfig, trainer: KDDetectionTrainer, data: DetectionData, logger: RunLogger
+    config: RunConfig, trainer: KDDetectionTrainer, data: DetectionData, logger: RunLog
 ) -> dict[str, float]:
     """Validate the teacher once (on a copy: Ultralytics fuses the model it validates), as the report's reference.
     Its ``save_dir`` is given: without one Ultralytics makes ``<runs_dir>/detect/train-N`` outside the run."""
@@ -144,23 +138,30 @@ def _logged_teacher(run_dir: Path) -> dict[str, float]:
 
 
 def _finish(
-    config: RunConfig, trainer: KDDetectionTrainer, data: DetectionData, run_dir: Path, teacher: dict[str, float]
-) -> DetectionResult:
-    """summary.json, the end-of-run table, report.html and the registry export."""
+    config: RunConfig,
+    trainer: KDDetectionTrainer,
+    data: DetectionData,
+    run_dir: Path,
+    teacher: dict[str, float],
+    logger: RunLog,
+) -> RunResult:
+    """summary.json, the loggers' summary, the end-of-run table, report.html and the registry export."""
     metrics = {name: float(trainer.metrics[key]) for key, name in METRIC_KEYS.items() if key in trainer.metrics}
     metrics["fitness"] = fitness_of(trainer.metrics, config.detect)
     summary = _summary(config, trainer, metrics, teacher)
-    write_summary(summary, run_dir / "summary.json")
+    write_summary(summary, run_dir / runfiles.SUMMARY)
+    logger.finish(summary, trainer.best if config.log.log_checkpoint and trainer.best.is_file() else None)
     if config.log.verbose:
         print_summary(summary)
     if config.log.report:
-        write_report([run_dir], run_dir / "report.html")
+        write_report([run_dir], run_dir / runfiles.REPORT)
     registry = None
     if _exports(config) and trainer.best.is_file():
         registry = export_to_registry(trainer.best, config.detect.registry, _metadata(config, data, summary, run_dir))
     elif config.log.verbose:
         print(f"best model: {trainer.best} (not exported: {_why_not_exported(config)})")
-    return DetectionResult(run_dir, metrics, teacher, registry, summary)
+    files = {"best": trainer.best, **({"registry": registry} if registry is not None else {})}
+    return RunResult(run_dir, metrics, metrics, teacher, summary, files)
 
 
 def _exports(config: RunConfig) -> bool:

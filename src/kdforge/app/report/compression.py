@@ -13,12 +13,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from kdforge.app.checks import task_class
 from kdforge.app.report.profile import example_input, input_shape, model_profile, shape_text
 from kdforge.app.report.summary import format_params, short_name
 from kdforge.core.config import DataConfig, ModelSpec, RunConfig
 from kdforge.core.errors import KDForgeError
 from kdforge.models.build import build_model, forward_adapter
-from kdforge.tasks.base import TASKS
 
 RATIOS = {"compression": "params", "size_ratio": "size_bytes", "macs_ratio": "macs", "speedup": "latency_ms"}
 
@@ -41,7 +41,7 @@ def compression_report(config: RunConfig, input_size: int | None = None, runs: i
     if runs < 1:
         raise KDForgeError(f"runs must be at least 1 to time the CPU latency (got {runs}).")
     example = _data_example(config) if input_size is None else None
-    classes = 0 if TASKS.get(config.task).embeds_only else config.data.num_classes
+    classes = 0 if task_class(config.task).embeds_only else config.data.num_classes
     student = _profile(config.student, config.data, input_size, runs, "student", classes, example)
     teachers = {
         name: _profile(spec, config.data, input_size, runs, f"teacher {name!r}", classes, example)

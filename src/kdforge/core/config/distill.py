@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kdforge.core.config.base import Strict
 from kdforge.core.config.messages import describe_error
-from kdforge.core.errors import ConfigError, RegistryError, did_you_mean
+from kdforge.core.errors import ConfigError, did_you_mean
 
 
 class ScheduledValue(Strict):
@@ -23,12 +23,6 @@ class ScheduledValue(Strict):
     schedule: Literal["constant", "linear", "cosine"] = "linear"
     epochs: int | None = Field(None, ge=1)
     start_epoch: int = Field(1, ge=1)
-
-
-def term_class(loss: str) -> Any:
-    from kdforge.distill.losses import TERMS  # the registry imports models, which import us
-
-    return TERMS.get(loss)
 
 
 def _check_weight(value: float | ScheduledValue) -> float | ScheduledValue:
@@ -57,7 +51,8 @@ def _schedule_of(param: str, value: Any) -> ScheduledValue:
 class TermConfig(BaseModel):
     """One distillation term: ``{loss: kd, weight: 0.7, temperature: 4}``.
 
-    Keys other than ``loss``, ``weight`` and ``name`` go to the term's constructor, which checks them.
+    Keys other than ``loss``, ``weight``, ``name`` and ``teachers`` go to the term's constructor, which checks them
+    when the terms are resolved (`kdforge.distill.terms.check_terms`: the registry lives above the config).
     The weight and any numeric parameter may be scheduled: ``temperature: {start: 6, end: 3}``.
     ``name`` is what the term is logged as and what phases refer to (default: the loss name, made unique).
     """
@@ -88,29 +83,6 @@ class TermConfig(BaseModel):
 
     def extra(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
-
-    @model_validator(mode="after")
-    def _known_loss_and_params(self) -> TermConfig:
-        from kdforge.distill.losses import build_term  # the registry imports models, which import us
-
-        try:
-            build_term(self.loss, self.params())
-            ends = {k: v.end for k, v in self.scheduled_params().items()}
-            if ends:
-                term = build_term(self.loss, {**self.params(), **ends})
-                fixed = sorted(set(ends) - set(term.schedulable))
-                if fixed:
-                    raise ConfigError(
-                        f"distillation loss {self.loss!r} cannot schedule {', '.join(fixed)} (fixed when it is "
-                        f"built); schedulable: {', '.join(term.schedulable) or 'none'} (and its weight)."
-                    )
-        except ConfigError:
-            raise
-        except RegistryError as exc:
-            raise ConfigError(str(exc)) from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"distillation loss {self.loss!r}: {exc}") from None
-        return self
 
 
 class TapsConfig(Strict):

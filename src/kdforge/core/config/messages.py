@@ -3,11 +3,14 @@ the nearest valid key."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from kdforge.core.errors import ConfigError, did_you_mean
+from kdforge.core.errors import ConfigError, KDForgeError, did_you_mean
+
+T = TypeVar("T")
 
 
 def describe(exc: ValidationError, raw: dict[str, Any], root: type[BaseModel]) -> str:
@@ -85,3 +88,12 @@ def _value_at(raw: Any, loc: list[Any]) -> Any:
         except (KeyError, IndexError, TypeError):
             return "<not given>"
     return node
+
+
+def at_key(path: str, resolve: Callable[[], T]) -> T:
+    """``resolve()`` (a registry lookup, a build) for the config key `path`; its error names the key, as schema
+    errors do. Layers above the config check what the config names this way (the config cannot import them)."""
+    try:
+        return resolve()
+    except (KDForgeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid config: key {path!r}: {exc}") from None

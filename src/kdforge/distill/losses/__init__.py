@@ -10,8 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from kdforge.core.errors import ConfigError, did_you_mean
-from kdforge.core.registry import Registry
+from kdforge.core.registry import Registry, check_arguments
 from kdforge.distill.losses.base import DistillTerm
 
 TERMS: Registry[type[DistillTerm]] = Registry("distillation loss")
@@ -20,17 +19,7 @@ TERMS: Registry[type[DistillTerm]] = Registry("distillation loss")
 def check_term_params(name: str, params: dict[str, Any]) -> type[DistillTerm]:
     """The term class `name`, after checking that every parameter exists and required ones are given."""
     cls = TERMS.get(name)
-    signature = inspect.signature(cls.__init__).parameters
-    valid = [p for p in signature if p != "self"]
-    for key in params:
-        if key not in valid:
-            raise ConfigError(
-                f"distillation loss {name!r} has no parameter {key!r}.{did_you_mean(key, valid)} "
-                f"Its parameters: {', '.join(valid) or 'none'}."
-            )
-    missing = [p for p in valid if signature[p].default is inspect.Parameter.empty and p not in params]
-    if missing:
-        raise ConfigError(f"distillation loss {name!r} needs {', '.join(missing)} (e.g. the tap names to compare).")
+    check_arguments(cls.__init__, params, f"distillation loss {name!r}")
     return cls
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdforge.core.distributed import ONE_PROCESS, World
 from kdforge.core.errors import ConfigError
 from kdforge.models.taps import TAP_PREFIX
 
@@ -18,15 +19,22 @@ class DistillTerm(nn.Module):
     """Base class: ``forward(student, teacher, batch) -> scalar`` computed in float32 (float64 when the
     inputs are float64, for tests against float64 references).
 
-    Optional hooks: ``setup`` (shapes), ``bind_dataset`` (when ``needs_dataset``), ``set_epoch``.
-    State a term must keep across a resume (memory banks) belongs in buffers: checkpoints save the
-    terms' state dicts.
+    Optional hooks: ``prepare_model`` (each model, before its taps), ``setup`` (shapes), ``bind_dataset`` (when
+    ``needs_dataset``), ``set_epoch``. State a term must keep across a resume (memory banks) belongs in buffers:
+    checkpoints save the terms' state dicts. ``world`` is the training processes (the Distiller gives its own), for
+    terms whose state every process must keep alike.
     """
 
     needs_dataset = False  # True: the pipeline calls bind_dataset with the training labels before training
     inputs = ""  # what it reads, for `kdforge methods`
     schedulable: tuple[str, ...] = ()  # parameters read from attributes at every step, so they may be scheduled
     ensemble = False  # True: reads class logits, so several teachers can be merged into one (distiller.py)
+    world: World = ONE_PROCESS
+
+    @classmethod
+    def prepare_model(cls, model: nn.Module) -> None:
+        """Adjust a model (student or teacher, before its taps are registered) so this term can read what it
+        needs; most terms need nothing."""
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         """Build shape-dependent parts (adapters) from one example batch's outputs."""

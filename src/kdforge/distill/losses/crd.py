@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdforge.core.distributed import gather_rows
 from kdforge.core.errors import ConfigError, DataError
 from kdforge.distill.losses import TERMS
 from kdforge.distill.losses.base import DistillTerm, Outputs, built, pick
@@ -181,7 +180,8 @@ class CRD(DistillTerm):
         Rows whose new value is not finite keep their old value: a NaN batch (which the trainer skips)
         must not poison the banks, and the trainer does not snapshot term buffers (banks can be GBs).
         """
-        index, v_s, v_t = gather_rows(index, v_s, v_t)  # under torchrun every process's batch moves every bank
+        # Under torchrun every process's batch moves every bank.
+        index, v_s, v_t = self.world.gather_rows(index, v_s, v_t)
         for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
             old = bank[index]
             pos = F.normalize(old * self.momentum + v.to(bank.dtype) * (1 - self.momentum), dim=1)  # (B, F)

@@ -49,8 +49,8 @@ def expose_attention(model: nn.Module) -> list[str]:
     ``blocks.<i>.attn.attn_drop`` yields (B, heads, N, N) rows that sum to 1 (exactly so when the
     module's ``attn_drop`` rate is 0, timm's default, or in eval mode). The unfused path is slower and
     uses O(N^2) memory per head. ``timm.layers.set_fused_attn(False)`` only affects modules built
-    afterwards, hence this per-module switch. The pipeline calls it on the student and every teacher when
-    an ``attention`` term is configured; call it yourself when building a ``TappedModel`` by hand.
+    afterwards, hence this per-module switch. `AttentionKL.prepare_model` calls it on the student and every
+    teacher when an ``attention`` term is configured; call it yourself when building a ``TappedModel`` by hand.
 
     Returns:
         The names of the modules switched (empty when the model has no fused attention).
@@ -193,6 +193,10 @@ class AttentionKL(DistillTerm):
     """
 
     inputs = "attention probabilities (B, heads, N, N) (taps)"
+
+    @classmethod
+    def prepare_model(cls, model: nn.Module) -> None:
+        expose_attention(model)  # timm's fused attention never materialises the probabilities a tap reads
 
     def __init__(self, student: str, teacher: str, heads: str = "mean") -> None:
         super().__init__()

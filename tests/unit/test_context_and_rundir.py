@@ -10,8 +10,9 @@ import sys
 import pytest
 import torch
 
-from kdforge.app import runtime
-from kdforge.app.runtime import default_threads, new_run_dir, resolve_device, write_run_files
+from kdforge.app import rundir
+from kdforge.app.rundir import new_run_dir, write_run_files
+from kdforge.core.context import default_threads, resolve_device
 from kdforge.core.errors import ConfigError
 
 
@@ -64,7 +65,7 @@ def test_meta_without_git_says_so(make_config, monkeypatch, tmp_path) -> None:
     def no_git(*_args, **_kwargs):
         raise FileNotFoundError("git")
 
-    monkeypatch.setattr(runtime.subprocess, "run", no_git)
+    monkeypatch.setattr(rundir.subprocess, "run", no_git)
     write_run_files(tmp_path, make_config())
     assert json.loads((tmp_path / "meta.json").read_text())["git"] == {"commit": None, "dirty": None}
 
