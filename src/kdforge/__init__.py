@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "evaluate", "export", "fit", "load_config"]
+__all__ = ["RunResult", "__version__", "evaluate", "export", "fit", "load_config"]
 
 
 def __getattr__(name: str) -> Any:

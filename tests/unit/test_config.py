@@ -320,3 +320,8 @@ def test_to_dict_round_trips() -> None:
     config = _config(["train.epochs=4", "distill.terms=[{loss: kd, temperature: 3}]"])
     again = load_config(base=config.to_dict())
     assert again == config
+
+
+def test_the_old_tensorboard_switch_says_where_it_went() -> None:
+    with pytest.raises(ConfigError, match=r"log\.tensorboard is now a logger: log\.loggers: \[tensorboard\]"):
+        _config(["log.tensorboard=false"])

@@ -1,6 +1,6 @@
 """The checks a config passes before a run is built: the schema (core) knows no registries, so every name it
-gives (task, terms, optimizer) is resolved here, with the config key in each message, and the task applies its
-own rules. Runs in well under a second, before any data or model is touched."""
+gives (task, terms, optimizer, loggers, callbacks) is resolved here, with the config key in each message, and
+the task applies its own rules. Runs in well under a second, before any data or model is touched."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from kdforge.core.config import RunConfig
 from kdforge.core.config.messages import at_key
 from kdforge.core.errors import ConfigError
 from kdforge.distill.terms import check_terms
+from kdforge.engine.callbacks import callback_class
+from kdforge.engine.loggers import logger_class
 from kdforge.engine.optim import OPTIMIZERS
 from kdforge.tasks.base import TASKS, Task
 
@@ -18,6 +20,10 @@ def check_config(config: RunConfig) -> RunConfig:
     task = task_class(config.task)
     at_key("train.optimizer.name", lambda: OPTIMIZERS.get(config.train.optimizer.name))
     check_terms(config)
+    for index, spec in enumerate(config.log.loggers):
+        logger_class(spec, index)
+    for index, spec in enumerate(config.train.callbacks):
+        callback_class(spec, index)
     task.configure(config)
     return config
 

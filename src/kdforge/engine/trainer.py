@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from kdforge.core import runfiles
 from kdforge.core.config import RunConfig
 from kdforge.core.context import Context, seed_everything
-from kdforge.core.errors import CheckpointError, NonFiniteLossError
+from kdforge.core.errors import CheckpointError
 from kdforge.data.inputs import batch_size
 from kdforge.distill.distiller import Distiller
 from kdforge.engine.buffers import BufferSnapshot
@@ -37,6 +37,7 @@ from kdforge.engine.parallel import distribute
 from kdforge.engine.preemption import StopSignals, preempted
 from kdforge.engine.progress import TrainState
 from kdforge.engine.timing import StepTimer
+from kdforge.engine.update import GuardedUpdate
 from kdforge.models.taps import TappedModel
 from kdforge.tasks.base import Task
 
@@ -93,6 +94,17 @@ class Trainer:
         self.objective = distribute(distiller.objective, self.device, self.world)  # DDP: student and adapters only
         self.eval_network: nn.Module = self.student  # what is evaluated and exported (EMA replaces it)
         self.stop = StopSignals()
+        self.update = GuardedUpdate(
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            self.params,
+            self.buffers,
+            self.meter,
+            cfg,
+            self.world,
+            self.log.warning,
+        )
         show = config.log.progress and self.world.is_main
         self.callbacks = CallbackList([*standard_callbacks(config, show), *callbacks])
 
@@ -155,7 +167,7 @@ class Trainer:
             self.meter.add(out["loss"], out["parts"], batch_size(batch["input"]))
             self.state.step_in_epoch += 1
         with self.timer.section("optimizer"):
-            applied, keep_going = self._update()
+            applied, keep_going = self.update(self.state, self.stop.requested, self.device)
         self.state.global_step += 1
         self.callbacks.on_step_end(self, applied, self._train_record() if self._log_due() else None)
         if not keep_going:
@@ -163,58 +175,6 @@ class Trainer:
 
     def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if last or not self.world.distributed else self.objective.no_sync()
-
-    def _update(self) -> tuple[bool, bool]:
-        """Apply the step's gradients unless the loss or the gradients are not finite; returns whether they were
-        applied and whether to go on (no stop signal on any process).
-
-        The finiteness check is the step's one host-device sync (and, under torchrun, its one collective
-        besides the gradients': every process decides alike).
-        """
-        self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        flags = torch.stack([self.meter.pending_loss_finite(), torch.isfinite(norm)]).float()
-        if self.world.distributed:
-            flags = self.world.min(torch.cat([flags, self._keep_going()]))
-        loss_ok, grads_ok, *keep_going = (bool(flag) for flag in flags.tolist())
-        applied = False
-        if loss_ok and (grads_ok or self.amp == "fp16"):  # fp16 overflow: the scaler skips and lowers its scale
-            applied = self._apply(norm if grads_ok else None)
-        else:
-            self.buffers.restore()
-            self.meter.discard()
-            self._nonfinite("loss" if not loss_ok else "gradient norm")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        return applied, keep_going[0] if keep_going else not self.stop.requested
-
-    def _apply(self, norm: torch.Tensor | None) -> bool:
-        """Clip, step and count the step's losses; False when the fp16 scaler skipped the step."""
-        if self.config.train.clip_grad_norm and norm is not None:
-            torch.nn.utils.clip_grads_with_norm_(self.params, self.config.train.clip_grad_norm, norm)
-        scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.meter.commit()
-        if self.scaler.get_scale() < scale:
-            return False
-        self.state.nonfinite_streak = 0
-        return True
-
-    def _nonfinite(self, what: str) -> None:
-        state = self.state
-        state.nonfinite_total += 1
-        state.nonfinite_streak += 1
-        self.log.warning(
-            f"step {state.global_step}: the {what} is not finite; step skipped ({state.nonfinite_total} skipped in "
-            "total)"
-        )
-        if state.nonfinite_streak >= self.config.train.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"{state.nonfinite_streak} steps in a row gave a non-finite loss or gradients (last: {what}). "
-                "Lower the learning rate, enable clip_grad_norm, use amp: bf16 instead of fp16, or check the data "
-                "for NaN/Inf values. Checkpoints written so far hold only finite weights."
-            )
 
     def _log_due(self) -> bool:
         return self.state.global_step % self.config.log.every_steps == 0 or (

@@ -16,6 +16,7 @@ from kdforge.core.errors import ConfigError, NonFiniteLossError
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.evaluate import to_device
 from kdforge.engine.trainer import Trainer
+from kdforge.engine.update import GuardedUpdate
 
 
 class _Crash(RuntimeError):
@@ -24,14 +25,14 @@ class _Crash(RuntimeError):
 
 def _crash_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
     """Make the trainer die (like a killed process) after `steps` optimizer steps."""
-    original = Trainer._update
+    original = GuardedUpdate.__call__
 
-    def step(self: Trainer) -> tuple[bool, bool]:
-        if self.state.global_step == steps:
+    def step(self: GuardedUpdate, state, *args) -> tuple[bool, bool]:
+        if state.global_step == steps:
             raise _Crash("simulated crash")
-        return original(self)
+        return original(self, state, *args)
 
-    monkeypatch.setattr(Trainer, "_update", step)
+    monkeypatch.setattr(GuardedUpdate, "__call__", step)
 
 
 def _final_student(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -240,7 +241,7 @@ def test_epoch_checkpoints_are_written_for_epochs_that_were_not_evaluated(make_c
 )
 def test_metric_name_typo_fails_before_training(make_config, monkeypatch, tmp_path, section, typo, suggestion):
     steps: list[int] = []
-    monkeypatch.setattr(Trainer, "_update", lambda self: steps.append(1))
+    monkeypatch.setattr(GuardedUpdate, "__call__", lambda self, *args: steps.append(1))
     with pytest.raises(ConfigError) as info:  # at config validation or when the trainer is built
         train(make_config(train=section))
     message = str(info.value)

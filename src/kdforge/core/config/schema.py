@@ -176,6 +176,16 @@ class LogConfig(Strict):
 
     loggers: list[PluginSpec] = Field(default_factory=lambda: [PluginSpec(name="tensorboard")])
     log_checkpoint: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_moved(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "tensorboard" in value:
+            raise ConfigError(
+                "log.tensorboard is now a logger: log.loggers: [tensorboard] writes TensorBoard scalars (the default), "
+                "log.loggers: [] writes none."
+            )
+        return value
     every_steps: int = Field(20, ge=1)
     progress: bool = True
     verbose: bool = True  # one line per evaluation and the final table

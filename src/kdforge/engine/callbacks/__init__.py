@@ -15,7 +15,7 @@ from kdforge.engine.callbacks.early_stopping import EarlyStopping
 from kdforge.engine.callbacks.ema import EMA
 from kdforge.engine.callbacks.progress import ProgressLog
 
-__all__ = ["Callback", "CallbackList", "build_callbacks", "standard_callbacks"]
+__all__ = ["Callback", "CallbackList", "build_callbacks", "callback_class", "standard_callbacks"]
 
 
 def standard_callbacks(config: RunConfig, show_progress: bool) -> list[Callback]:
@@ -32,16 +32,21 @@ def standard_callbacks(config: RunConfig, show_progress: bool) -> list[Callback]
 
 
 def build_callbacks(specs: list[PluginSpec]) -> list[Callback]:
-    """The user's callbacks (``train.callbacks``), built; a bad import path, a class that is not a `Callback` or a
-    wrong argument is a `ConfigError` naming its entry."""
-    return [at_key(f"train.callbacks.{i}", lambda spec=spec: _build(spec)) for i, spec in enumerate(specs)]
+    """The user's callbacks (``train.callbacks``), built."""
+    return [callback_class(spec, index)(**spec.kwargs) for index, spec in enumerate(specs)]
 
 
-def _build(spec: PluginSpec) -> Callback:
+def callback_class(spec: PluginSpec, index: int) -> type[Callback]:
+    """The class entry `index` of ``train.callbacks`` names, after checking its arguments; a bad import path, a
+    class that is not a `Callback` or a wrong argument is a `ConfigError` naming the entry."""
+    return at_key(f"train.callbacks.{index}", lambda: _resolve(spec))
+
+
+def _resolve(spec: PluginSpec) -> type[Callback]:
     if ":" not in spec.name:
         raise ConfigError(f"callback {spec.name!r} is not an import path; give the class as package.module:ClassName.")
     cls = import_object(spec.name, "callback")
     if not (isinstance(cls, type) and issubclass(cls, Callback)):
         raise ConfigError(f"callback {spec.name!r} is not a kdforge.engine.callbacks.Callback subclass.")
     check_arguments(cls.__init__, spec.kwargs, f"callback {spec.name!r}")
-    return cls(**spec.kwargs)
+    return cls

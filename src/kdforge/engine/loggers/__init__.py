@@ -6,11 +6,21 @@ import path so its library loads only when used); a user's own is given by impor
 """
 
 from kdforge.engine.loggers.base import LOGGERS, Logger, RunInfo, plain_value, scalars
-from kdforge.engine.loggers.runlog import RunLog, build_loggers, console
+from kdforge.engine.loggers.runlog import RunLog, build_loggers, console, logger_class
 
 LOGGERS.register("tensorboard", "kdforge.engine.loggers.tensorboard:TensorBoardLogger")
 LOGGERS.register("csv", "kdforge.engine.loggers.csv:CSVLogger")
 LOGGERS.register("wandb", "kdforge.engine.loggers.wandb_logger:WandbLogger")
 LOGGERS.register("mlflow", "kdforge.engine.loggers.mlflow_logger:MLflowLogger")
 
-__all__ = ["LOGGERS", "Logger", "RunInfo", "RunLog", "build_loggers", "console", "plain_value", "scalars"]
+__all__ = [
+    "LOGGERS",
+    "Logger",
+    "RunInfo",
+    "RunLog",
+    "build_loggers",
+    "console",
+    "logger_class",
+    "plain_value",
+    "scalars",
+]

@@ -28,6 +28,8 @@ class Logger:
     ``warning`` or ``schedule``; ``step`` counts optimizer steps; values are plain numbers and strings.
     """
 
+    requires: tuple[str, ...] = ()  # modules it imports, checked when the config is (a missing one is named)
+
     def start(self, run: RunInfo) -> None:
         """The run begins (or resumes): open files, connect, record the config."""
 

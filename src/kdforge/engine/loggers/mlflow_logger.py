@@ -17,7 +17,7 @@ PARAM_LENGTH = 500  # the shortest value limit of the MLflow versions in use
 
 class MLflowLogger(Logger):
     """The config as parameters (flattened: ``train.optimizer.lr``), every numeric record as metrics at its step,
-    ``summary.json`` as an artifact (its student metrics also as ``summary/...`` metrics), and (opt-in) the best
+    ``summary.json`` as an artifact (the best student metrics also as ``best/...`` metrics), and (opt-in) the best
     checkpoint. Uses `MlflowClient` with an explicit run id, so it never touches MLflow's global active run.
 
     Args:
@@ -27,6 +27,8 @@ class MLflowLogger(Logger):
         tags: run tags.
     """
 
+    requires = ("mlflow",)
+
     def __init__(
         self,
         tracking_uri: str | None = None,
@@ -34,7 +36,7 @@ class MLflowLogger(Logger):
         run_name: str | None = None,
         tags: dict[str, str] | None = None,
     ) -> None:
-        from mlflow.tracking import MlflowClient  # fails here, at setup, when the extra is missing
+        from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
         self.experiment, self.run_name, self.tags = experiment, run_name, dict(tags or {})
@@ -68,7 +70,7 @@ class MLflowLogger(Logger):
     def finish(self, summary: dict[str, Any], checkpoint: Path | None) -> None:
         self.client.log_dict(self.run_id, summary, "summary.json")
         best = (summary.get("student") or {}).get("metrics") or {}
-        self.log("summary", summary.get("steps") or 0, best)
+        self.log("summary", summary.get("steps") or 0, {f"best/{key}": value for key, value in best.items()})
         if checkpoint is not None:
             self.client.log_artifact(self.run_id, str(checkpoint), "checkpoints")
         self._status = "FINISHED"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -87,23 +88,26 @@ def _close_quietly(backend: Logger) -> None:
 
 
 def build_loggers(specs: list[PluginSpec]) -> dict[str, Logger]:
-    """The configured backends, built (``metrics.jsonl`` is not among them: `RunLog` always writes it). A name
-    that is neither registered nor an import path, a class that is not a `Logger`, a wrong argument or a missing
-    library is a `ConfigError` naming its ``log.loggers`` entry."""
-    backends: dict[str, Logger] = {}
-    for index, spec in enumerate(specs):
-        backends[spec.name] = at_key(f"log.loggers.{index}", lambda spec=spec: _build(spec))
-    return backends
+    """The configured backends, built (``metrics.jsonl`` is not among them: `RunLog` always writes it)."""
+    return {spec.name: logger_class(spec, index)(**spec.kwargs) for index, spec in enumerate(specs)}
 
 
-def _build(spec: PluginSpec) -> Logger:
+def logger_class(spec: PluginSpec, index: int) -> type[Logger]:
+    """The class entry `index` of ``log.loggers`` names, after checking its arguments and that its library is
+    installed; a name that is neither registered nor an import path, a class that is not a `Logger`, a wrong
+    argument or a missing library is a `ConfigError` naming the entry."""
+    return at_key(f"log.loggers.{index}", lambda: _resolve(spec))
+
+
+def _resolve(spec: PluginSpec) -> type[Logger]:
     cls = LOGGERS.get(spec.name)
     if not (isinstance(cls, type) and issubclass(cls, Logger)):
         raise ConfigError(f"{spec.name!r} is not a kdforge.engine.loggers.Logger subclass.")
-    check_arguments(cls.__init__, spec.kwargs, f"logger {spec.name!r}")
-    try:
-        return cls(**spec.kwargs)
-    except ImportError as exc:
+    missing = [module for module in cls.requires if importlib.util.find_spec(module) is None]
+    if missing:
         raise ConfigError(
-            f"logger {spec.name!r} needs a library that is not installed ({exc}): pip install 'kdforge[{spec.name}]'."
-        ) from None
+            f"logger {spec.name!r} needs {', '.join(missing)}, which is not installed: pip install "
+            f"'kdforge[{spec.name}]' (or pip install {' '.join(missing)})."
+        )
+    check_arguments(cls.__init__, spec.kwargs, f"logger {spec.name!r}")
+    return cls

@@ -15,6 +15,8 @@ class TensorBoardLogger(Logger):
         log_dir: where the event files go (default: ``tb/`` in the run directory).
     """
 
+    requires = ("tensorboard",)
+
     def __init__(self, log_dir: str | None = None) -> None:
         self.log_dir = log_dir
         self._writer: Any = None

@@ -25,6 +25,8 @@ class WandbLogger(Logger):
         dir: where W&B writes its files (default: the run directory).
     """
 
+    requires = ("wandb",)
+
     def __init__(
         self,
         project: str | None = None,
@@ -35,7 +37,7 @@ class WandbLogger(Logger):
         mode: str | None = None,
         dir: str | None = None,  # noqa: A002 - wandb.init's own name
     ) -> None:
-        import wandb  # fails here, at setup, when the extra is missing
+        import wandb
 
         self._wandb = wandb
         self.settings = dict(project=project, entity=entity, name=name, tags=tags, group=group, mode=mode, dir=dir)
