@@ -203,3 +203,7 @@ def test_detection_flags_map_to_detect_keys_and_alpha_is_refused(tmp_path, monke
     assert (seen[0].detect.distill.temperature, seen[0].detect.epochs) == (3.5, 7)
     assert main(["train", "-c", str(path), "--alpha", "0.5"]) == 2
     assert "--alpha" in capsys.readouterr().err
+    assert main(["train", "-c", str(path), "--data", "images/"]) == 2
+    assert "detect.data.root" in capsys.readouterr().err
+    assert main(["compare", "-c", str(path)]) == 2
+    assert "trains on a loop of its own" in capsys.readouterr().err and len(seen) == 1

@@ -23,17 +23,28 @@ from kdforge.core.errors import ConfigError
 def baseline_config(config: RunConfig) -> RunConfig:
     """`config` without distillation: no teacher, no terms, no phases, task weight 1, no cache; the run is
     named ``<name>-baseline`` next to the distilled one."""
-    if task_class(config.task).embeds_only:
-        raise ConfigError(
-            f"task: {config.task} has no labelled loss, so there is no student-alone baseline to train; compare the "
-            "distilled student's val/knn_acc1 with the teacher's (in the run's table) or with an untrained student."
-        )
+    _check_comparable(config)
     raw = config.to_dict()
     raw.update(teacher=None, teachers={})
     raw["distill"].update(terms=[], phases=[], task_weight=1.0)
     raw["cache"]["enabled"] = False
     raw["output"]["name"] = f"{run_base(config).name}-baseline"
     return validate_config(raw)
+
+
+def _check_comparable(config: RunConfig) -> None:
+    """A student-alone baseline exists: the task has a labelled loss and trains on kdforge's loop."""
+    task = task_class(config.task)
+    if task.own_training is not None:
+        raise ConfigError(
+            f"compare trains the student twice on kdforge's loop, but task: {config.task} trains on a loop of its own. "
+            "Train the student alone with --teacher none, then compare the two runs: kdforge report RUN_ALONE RUN_KD."
+        )
+    if task.embeds_only:
+        raise ConfigError(
+            f"task: {config.task} has no labelled loss, so there is no student-alone baseline to train; compare the "
+            "distilled student's val/knn_acc1 with the teacher's (in the run's table) or with an untrained student."
+        )
 
 
 def compare(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
@@ -43,9 +54,10 @@ def compare(config: RunConfig, console: Console | None = None) -> dict[str, Any]
     Raises:
         ConfigError: the config distils nothing, so there is nothing to compare.
     """
+    alone = baseline_config(config)  # refuses a task that has no student-alone baseline
     if not config.distill.terms:
         raise ConfigError("compare trains the student without and with distillation, but distill.terms is empty.")
-    baseline = train(baseline_config(config))
+    baseline = train(alone)
     distilled = train(config)
     if baseline.run_dir is None or distilled.run_dir is None:  # under torchrun only rank 0 has the runs' files
         return {}
