@@ -140,12 +140,7 @@ def test_wandb_offline_run_holds_the_config_metrics_and_summary(make_config):
     logged = [(h["_step"], h["val/acc1"]) for h in history if "val/acc1" in h]
     assert logged == [(r["step"], pytest.approx(r["val/acc1"])) for r in val]
     assert any("loss/kd" in h for h in history)
-    summary = {
-        _key(i): json.loads(i.value_json)
-        for r in records
-        if r.HasField("summary")
-        for i in r.summary.update
-    }
+    summary = {_key(i): json.loads(i.value_json) for r in records if r.HasField("summary") for i in r.summary.update}
     assert summary["steps"] == result.summary["steps"] == 12
     assert summary["student"]["metrics"] == pytest.approx(result.summary["student"]["metrics"])
     assert (result.run_dir / "wandb-run-id").read_text().strip() in path.name

@@ -186,6 +186,7 @@ class LogConfig(Strict):
                 "log.loggers: [] writes none."
             )
         return value
+
     every_steps: int = Field(20, ge=1)
     progress: bool = True
     verbose: bool = True  # one line per evaluation and the final table
