@@ -4,11 +4,10 @@ command resumes it)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from kdforge.app.rundir import run_base
 from kdforge.core import runfiles
-from kdforge.core.config import RunConfig, load_config
+from kdforge.core.config import RunConfig, flatten, load_config
 from kdforge.core.errors import ConfigError
 from kdforge.engine.loggers import console
 
@@ -19,7 +18,7 @@ def preempted_run(config: RunConfig) -> tuple[Path | None, Path | None]:
     run_dir = _stopped_run(run_base(config))
     if run_dir is None:
         return None, None
-    saved, wanted = _flat(load_config([run_dir / runfiles.CONFIG]).to_dict()), _flat(config.to_dict())
+    saved, wanted = flatten(load_config([run_dir / runfiles.CONFIG]).to_dict()), flatten(config.to_dict())
     differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
     if differing:
         raise ConfigError(
@@ -39,16 +38,6 @@ def _stopped_run(base: Path) -> Path | None:
             found = candidate
         candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
     return found
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def resume_target(path: str | Path) -> tuple[Path, Path]:

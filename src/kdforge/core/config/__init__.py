@@ -15,6 +15,7 @@ from kdforge.core.config.distill import DistillConfig, PhaseConfig, ScheduledVal
 from kdforge.core.config.loading import (
     apply_override,
     deep_merge,
+    flatten,
     load_config,
     merge_files,
     read_yaml,
@@ -65,6 +66,7 @@ __all__ = [
     "TrainConfig",
     "apply_override",
     "deep_merge",
+    "flatten",
     "load_config",
     "merge_files",
     "read_yaml",

@@ -60,6 +60,17 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"dotted.key": value}`` (the keys ``--set`` takes); empty mappings stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one ``a.b.c=value`` (value parsed as YAML; list items by index, ``terms.0.weight=1``)."""
     key, sep, text = item.partition("=")

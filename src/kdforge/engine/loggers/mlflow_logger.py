@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kdforge.core.config import flatten
 from kdforge.engine.loggers.base import Logger, RunInfo, scalars
 
 RUN_ID_FILE = "mlflow-run-id"  # in the run directory: a resumed run continues the same MLflow run
@@ -55,7 +56,7 @@ class MLflowLogger(Logger):
         id_file.write_text(self.run_id + "\n")
         from mlflow.entities import Param
 
-        params = [Param(key, str(value)[:PARAM_LENGTH]) for key, value in _flat(run.config).items()]
+        params = [Param(key, str(value)[:PARAM_LENGTH]) for key, value in flatten(run.config).items()]
         for start in range(0, len(params), PARAM_BATCH):
             self.client.log_batch(self.run_id, params=params[start : start + PARAM_BATCH])
 
@@ -79,16 +80,6 @@ class MLflowLogger(Logger):
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, self._status)
             self.run_id = None
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _key(name: str) -> str:
