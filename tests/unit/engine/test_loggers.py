@@ -146,12 +146,15 @@ def test_wandb_offline_run_holds_the_config_metrics_and_summary(make_config):
     assert (result.run_dir / "wandb-run-id").read_text().strip() in path.name
 
 
-def test_mlflow_local_store_holds_the_params_metrics_and_summary(make_config, tmp_path):
+def test_mlflow_local_store_holds_the_params_metrics_and_summary(make_config, tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)  # nothing lands in the working directory either way
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = {"name": "mlflow", "kwargs": {"tracking_uri": uri, "experiment": "kd", "tags": {"team": "vision"}}}
+    artifacts = (tmp_path / "artifacts").as_uri()
+    kwargs = {"tracking_uri": uri, "experiment": "kd", "tags": {"team": "vision"}, "artifact_location": artifacts}
+    spec = {"name": "mlflow", "kwargs": kwargs}
     result = train(make_config(log={"loggers": [spec], "log_checkpoint": True}, train={"epochs": 2}))
     client = MlflowClient(uri)
     run = client.get_run((result.run_dir / "mlflow-run-id").read_text().strip())
@@ -164,6 +167,7 @@ def test_mlflow_local_store_holds_the_params_metrics_and_summary(make_config, tm
     local = Path(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path)))
     assert json.loads(local.read_text()) == json.loads((result.run_dir / "summary.json").read_text())
     assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+    assert list((tmp_path / "artifacts").rglob("best.pt")) and not (tmp_path / "mlruns").exists()
 
 
 @pytest.mark.parametrize(

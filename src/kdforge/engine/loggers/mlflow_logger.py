@@ -26,6 +26,8 @@ class MLflowLogger(Logger):
         experiment: experiment name (made when missing).
         run_name: run name (default: the run directory's name).
         tags: run tags.
+        artifact_location: where a new experiment keeps its artifacts (default: MLflow's, ``./mlruns`` for a
+            local store).
     """
 
     requires = ("mlflow",)
@@ -36,11 +38,13 @@ class MLflowLogger(Logger):
         experiment: str = "kdforge",
         run_name: str | None = None,
         tags: dict[str, str] | None = None,
+        artifact_location: str | None = None,
     ) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
         self.experiment, self.run_name, self.tags = experiment, run_name, dict(tags or {})
+        self.artifact_location = artifact_location
         self.run_id: str | None = None
         self._status = "FAILED"
 
@@ -50,7 +54,9 @@ class MLflowLogger(Logger):
             self.run_id = id_file.read_text().strip()
             return
         found = self.client.get_experiment_by_name(self.experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(
+            self.experiment, artifact_location=self.artifact_location
+        )
         created = self.client.create_run(experiment_id, tags=self.tags, run_name=self.run_name or run.name)
         self.run_id = created.info.run_id
         id_file.write_text(self.run_id + "\n")
