@@ -57,7 +57,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
         "--nproc_per_node",
         "2",
         "-m",
-        "kdforge.app.cli",
+        "kdforge",
         "train",
         *args,
     ]

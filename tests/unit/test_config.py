@@ -322,6 +322,10 @@ def test_to_dict_round_trips() -> None:
     assert again == config
 
 
-def test_the_old_tensorboard_switch_says_where_it_went() -> None:
-    with pytest.raises(ConfigError, match=r"log\.tensorboard is now a logger: log\.loggers: \[tensorboard\]"):
-        _config(["log.tensorboard=false"])
+@pytest.mark.parametrize(("value", "loggers"), [("false", []), ("true", ["tensorboard"])])
+def test_an_old_runs_tensorboard_switch_is_read_as_the_loggers_list(value: str, loggers: list[str]) -> None:
+    with pytest.warns(FutureWarning, match=r"read as log\.loggers"):
+        config = _config([f"log.tensorboard={value}"])
+    assert [spec.name for spec in config.log.loggers] == loggers
+    with pytest.raises(ConfigError, match="log.tensorboard and log.loggers are both set"):
+        _config([f"log.tensorboard={value}", "log.loggers=[csv]"])

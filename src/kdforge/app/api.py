@@ -71,6 +71,11 @@ def evaluate(
     """
     overrides = [f"data.root={data}"] if data is not None else []
     run_dir = Path(run) if isinstance(run, (str, Path)) and Path(run).is_dir() else None
+    if run_dir is None and checkpoint in ("best", "last"):
+        raise ConfigError(
+            f"evaluate(config, checkpoint={checkpoint!r}): best and last name a run's checkpoints; "
+            "give the run directory, or checkpoint= the path of a weights file."
+        )
     config = run_config(run_dir, overrides) if run_dir is not None else _as_config(run, overrides)
     return evaluate_checkpoint(config, checkpoint_path(run_dir, checkpoint))
 

@@ -187,19 +187,21 @@ class Run:
 
 def build(config: RunConfig, context: Context, run_dir: Path | None, resume: Path | None, write: bool) -> Run:
     """The run's parts, then (on rank 0, when `write`) its directory and records, the loggers, the trainer with the
-    built-in and the user's callbacks; a resume restores the trainer from its checkpoint."""
-    loggers, callbacks = build_loggers(config.log.loggers), build_callbacks(config.train.callbacks)
-    parts = build_run(config, context)
+    built-in and the user's callbacks; a resume restores the trainer from its checkpoint. The loggers start last,
+    so a run that fails to build leaves no tracking run open."""
     main = context.world.is_main
+    loggers = build_loggers(config.log.loggers) if write and main else {}  # only rank 0 logs
+    callbacks = build_callbacks(config.train.callbacks)
+    parts = build_run(config, context)
     if write and run_dir is None and main:
         run_dir = new_run_dir(config)
     run_dir = run_dir if write and main else None  # only rank 0 writes files
     if run_dir is not None:
         write_run_files(run_dir, config, resumed=resume is not None)
     log = RunLog(run_dir, loggers, verbose=config.log.verbose and main)
-    log.start(run_dir.name if run_dir else "", config.to_dict(), resumed=resume is not None)
     task, distiller = parts.task, parts.distiller
     trainer = Trainer(config, distiller, task, parts.train_loader, parts.val_loader, context, run_dir, log, callbacks)
     if resume is not None:
         trainer.resume(resume)
+    log.start(run_dir.name if run_dir else "", config.to_dict(), resumed=resume is not None)
     return Run(config, context, parts, trainer, log, run_dir)

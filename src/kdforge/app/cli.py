@@ -79,7 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         compare(config)
         return 0
     result = train(config, resume=checkpoint, run_dir=run_dir)
-    print(result.files.get("registry") or result.run_dir)  # the path a script picks up
+    if result.run_dir is not None:  # rank 0 of a torchrun job only
+        print(result.files.get("registry") or result.run_dir)  # the path a script picks up
     return 0
 
 
@@ -134,7 +135,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from kdforge.app.report.html import write_report
 
     runs = [Path(run) for run in args.runs]
-    default = runs[0] / "report.html" if len(runs) == 1 else Path("report.html")
+    default = runs[0] / runfiles.REPORT if len(runs) == 1 else Path(runfiles.REPORT)
     print(write_report(runs, Path(args.out) if args.out else default))
     return 0
 

@@ -15,6 +15,7 @@ from kdforge.app.pipeline import RunResult, train
 from kdforge.app.report.html import write_report
 from kdforge.app.report.runs import read_records
 from kdforge.app.rundir import run_base
+from kdforge.core import runfiles
 from kdforge.core.atomic import atomic_write
 from kdforge.core.config import RunConfig, validate_config
 from kdforge.core.errors import ConfigError
@@ -80,7 +81,7 @@ def compare(config: RunConfig, console: Console | None = None) -> dict[str, Any]
 
 def _row(result: RunResult) -> dict[str, Any]:
     """Task loss at the first and last logged step, its improvement, and the best epoch's headline metrics."""
-    records = read_records(result.run_dir / "metrics.jsonl")
+    records = read_records(result.run_dir / runfiles.METRICS)
     task = [r["loss/task"] for r in records if r["kind"] == "train" and "loss/task" in r]
     first, last = (task[0], task[-1]) if task else (float("nan"), float("nan"))
     headline = {k: v for k, v in result.best_metrics.items() if k.count("/") <= 1}  # not per-class values

@@ -93,7 +93,7 @@ def run_demo(out: Path, seeds: int = 1, console: Console | None = None) -> dict[
     teacher_cfg = validate_config(demo_configs(out, 0, None)["teacher"])
     console.print("1/3 training the teacher on all labels ...")
     teacher = train(teacher_cfg)
-    checkpoint = teacher.run_dir / "student.safetensors"
+    checkpoint = teacher.files["student"]
     alone, kd = [], []
     for seed in range(seeds):
         configs = demo_configs(out, seed, checkpoint)

@@ -8,13 +8,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdforge.core import runfiles
 from kdforge.core.atomic import atomic_write
 from kdforge.core.errors import KDForgeError
 from kdforge.core.registry import Registry
 
 Exporter = Callable[[nn.Module, torch.Tensor, Path], Path]
 EXPORTERS: Registry[Exporter] = Registry("export format")
-FILE_NAMES = {"safetensors": "student.safetensors", "torchscript": "student.torchscript.pt", "onnx": "student.onnx"}
+FILE_NAMES = {"safetensors": runfiles.STUDENT, "torchscript": "student.torchscript.pt", "onnx": "student.onnx"}
 
 
 @EXPORTERS.register("safetensors")

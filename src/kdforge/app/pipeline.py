@@ -10,7 +10,7 @@ from kdforge.app.build import build, build_task
 from kdforge.app.cache.build import cache_report, open_cache
 from kdforge.app.checks import check_config, task_class
 from kdforge.app.finalize import RunResult, finalize
-from kdforge.app.resume import checked_checkpoint, preempted_run
+from kdforge.app.resume import checked_checkpoint, preempted_run, resume_target
 from kdforge.app.teachers import measured_teachers
 from kdforge.core.config import RunConfig
 from kdforge.core.context import setup_process
@@ -35,6 +35,10 @@ def train(
     config = check_config(config)
     own_loop = task_class(config.task).own_training
     if own_loop is not None:  # e.g. detection, on Ultralytics' trainer
+        if not write:
+            raise ConfigError(f"task: {config.task} trains on its own loop, which always writes its run directory.")
+        if resume is not None and run_dir is None:
+            run_dir = resume_target(resume)[0]
         return own_loop(config, run_dir, resume is not None)
     context = setup_process(config)
     if write and run_dir is None and resume is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kdforge.app.rundir import run_base
 from kdforge.core import runfiles
-from kdforge.core.config import RunConfig, flatten, load_config
+from kdforge.core.config import RunConfig, changed_keys, load_config
 from kdforge.core.errors import ConfigError
 from kdforge.engine.loggers import console
 
@@ -18,8 +18,7 @@ def preempted_run(config: RunConfig) -> tuple[Path | None, Path | None]:
     run_dir = _stopped_run(run_base(config))
     if run_dir is None:
         return None, None
-    saved, wanted = flatten(load_config([run_dir / runfiles.CONFIG]).to_dict()), flatten(config.to_dict())
-    differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
+    differing = changed_keys(load_config([run_dir / runfiles.CONFIG]).to_dict(), config.to_dict())
     if differing:
         raise ConfigError(
             f"run {str(run_dir)!r} was stopped by a signal and waits to be resumed, but this config differs from its "

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from kdforge import __version__
+from kdforge.core import runfiles
 from kdforge.core.config import RunConfig, save_config
 
 
@@ -47,7 +48,7 @@ def git_commit(cwd: Path | None = None) -> dict[str, object]:
 def write_run_files(run_dir: Path, config: RunConfig, resumed: bool = False) -> None:
     """The resolved config and what produced the run (git commit, versions, command line); a resume is
     appended to ``meta.json``'s ``resumes`` so the original record is kept."""
-    save_config(config, run_dir / "config.yaml")
+    save_config(config, run_dir / runfiles.CONFIG)
     this = {
         "git": git_commit(),
         "kdforge": __version__,
@@ -56,7 +57,7 @@ def write_run_files(run_dir: Path, config: RunConfig, resumed: bool = False) -> 
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    meta_path = run_dir / "meta.json"
+    meta_path = run_dir / runfiles.META
     if resumed and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         meta.setdefault("resumes", []).append(this)

@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 from kdforge.core.errors import KDForgeError
+from kdforge.engine.progress import TrainState
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -61,7 +62,7 @@ class StopSignals:
         return self.received is not None
 
 
-def preempted(signum: int | None, state: Any, run_dir: Path | None) -> Preempted:
+def preempted(signum: int | None, state: TrainState, run_dir: Path | None) -> Preempted:
     """The error that ends a run stopped by `signum` after ``state.global_step`` (a `TrainState`), saying how to go
     on."""
     signum = signum or signal.SIGTERM

@@ -71,7 +71,8 @@ class Trainer:
     ) -> None:
         self.config, cfg = config, config.train
         self.distiller, self.task = distiller, task
-        self.device, self.world = (context or Context()).device, (context or Context()).world
+        context = context or Context()
+        self.device, self.world = context.device, context.world
         self.train_loader, self.val_loader, self.run_dir = train_loader, val_loader, run_dir
         self.log = log or RunLog()
         self.student: nn.Module = distiller.student.model  # the bare network: checkpoints, EMA, export
@@ -106,7 +107,8 @@ class Trainer:
             self.log.warning,
         )
         show = config.log.progress and self.world.is_main
-        self.callbacks = CallbackList([*standard_callbacks(config, show), *callbacks])
+        reported = task.metrics().compute()
+        self.callbacks = CallbackList([*standard_callbacks(config, show, reported), *callbacks])
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, float]:
@@ -144,8 +146,7 @@ class Trainer:
         self.timer.reset()
         batches = itertools.islice(self.train_loader, self.steps_per_epoch - state.step_in_epoch)
         while state.step_in_epoch < self.steps_per_epoch and not state.stopped_early:
-            window_start = state.step_in_epoch - state.step_in_epoch % accum
-            self.train_step(batches, min(accum, self.steps_per_epoch - window_start))  # the last may be shorter
+            self.train_step(batches, min(accum, self.steps_per_epoch - state.step_in_epoch))  # the last may be shorter
 
     def train_step(self, batches: Iterator[dict[str, Any]], micro_batches: int) -> None:
         """One optimizer step: each micro-batch's forward (teachers, then the student and the loss) and backward,

@@ -99,7 +99,8 @@ def test_user_callbacks_run_after_the_built_in_ones(make_config):
     from kdforge.engine.callbacks.ema import EMA
 
     config = make_config(train={"ema": {"decay": 0.9}, **_stop_after(1)})
-    built = standard_callbacks(config, show_progress=False) + build_callbacks(config.train.callbacks)
+    reported = {"fitness": 0.0}
+    built = standard_callbacks(config, show_progress=False, reported=reported) + build_callbacks(config.train.callbacks)
     assert isinstance(built[0], EMA) and isinstance(built[-1], StopAfter)
     assert any(isinstance(c, Checkpointing) for c in built)
 

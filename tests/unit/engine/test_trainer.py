@@ -360,3 +360,16 @@ def test_checkpoint_names_without_their_number_or_clashing_with_last_are_refused
 
     with pytest.raises((ConfigError, ValueError), match=field.split("_")[0] if field != "best_name" else "last.pt"):
         make_config(train={"checkpoint": {field: name}})
+
+
+def test_resume_inside_an_epoch_with_another_grad_accum_finishes_the_epoch(make_config, monkeypatch, tmp_path):
+    sections = dict(train={"epochs": 1, "max_steps_per_epoch": 10, "checkpoint": {"every_steps": 4}})
+    _crash_after(monkeypatch, 5)
+    with pytest.raises(_Crash):
+        train(make_config(**sections, output={"name": "accum"}))
+    monkeypatch.undo()
+    config, run_dir, ckpt = resume_config(tmp_path / "runs" / "accum", ["train.grad_accum=3"])
+    assert load_checkpoint(ckpt)["state"]["step_in_epoch"] == 4
+    result = train(config, resume=ckpt, run_dir=run_dir)
+    assert result.summary["steps"] == 4 + 2  # batches 5-7 and 8-10: two steps of three
+    assert result.summary["epochs_run"] == 1

@@ -28,7 +28,7 @@ from kdforge.app.report.html import write_report
 from kdforge.app.report.summary import print_summary, write_summary
 from kdforge.app.rundir import git_commit, new_run_dir, write_run_files
 from kdforge.core import runfiles
-from kdforge.core.config.schema import RunConfig
+from kdforge.core.config import RunConfig, changed_keys, load_config, merge_files
 from kdforge.core.context import default_threads
 from kdforge.core.errors import CheckpointError, ConfigError
 from kdforge.engine.loggers import RunLog, build_loggers
@@ -67,10 +67,8 @@ def train_detection(config: RunConfig, run_dir: Path | None = None, resume: bool
 def _saved_config(run_dir: Path, config: RunConfig) -> RunConfig:
     """The run's own config.yaml, kept as written: a resume continues Ultralytics' checkpoint with the arguments
     it was started with, so any other change would be recorded but silently ignored. Refused instead, by name."""
-    from kdforge.core.config import load_config, merge_files
-
-    saved = load_config(base=merge_files([run_dir / "config.yaml"]))
-    changed = sorted(k for k in _differences(saved.to_dict(), config.to_dict()) if k not in RESUME_FREE)
+    saved = load_config(base=merge_files([run_dir / runfiles.CONFIG]))
+    changed = [k for k in changed_keys(saved.to_dict(), config.to_dict()) if k not in RESUME_FREE]
     if changed:
         raise ConfigError(
             f"a detection resume continues {str(run_dir)!r} exactly as configured; it cannot change {changed}. "
@@ -78,14 +76,6 @@ def _saved_config(run_dir: Path, config: RunConfig) -> RunConfig:
             "(student.trust_checkpoint: true) and the new settings."
         )
     return saved
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    if not (isinstance(a, dict) and isinstance(b, dict)):
-        return [] if a == b else [prefix.rstrip(".")]
-    keys = sorted(set(a) | set(b))
-    return [d for key in keys for d in _differences(a.get(key), b.get(key), f"{prefix}{key}.")]
 
 
 def _train(trainer: KDDetectionTrainer, run_dir: Path, resume: bool) -> None:
@@ -131,7 +121,8 @@ def _logged_teacher(run_dir: Path) -> dict[str, float]:
     """A resumed run keeps the teacher metrics its first part logged."""
     from kdforge.app.report.runs import read_records
 
-    for record in read_records(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []:
+    metrics = run_dir / runfiles.METRICS
+    for record in read_records(metrics) if metrics.is_file() else []:
         if record.get("kind") == "teacher":
             return {k.split("/", 2)[2]: v for k, v in record.items() if k.startswith("teacher/teacher/")}
     return {}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdforge.core import runfiles
 from kdforge.core.errors import KDForgeError
 
 NOT_DRAWN = {"kind", "step", "epoch"}
@@ -40,14 +41,14 @@ def run_names(paths: list[Path]) -> list[str]:
 
 
 def load_run(path: Path, name: str) -> Run:
-    metrics = path / "metrics.jsonl"
+    metrics = path / runfiles.METRICS
     if not metrics.is_file():
         raise ReportError(
             f"{str(metrics)!r} not found: {str(path)!r} is not a kdforge run directory "
             "(give the folder a run wrote, e.g. runs/NAME)."
         )
-    meta = _read_json(path / "meta.json") or {}
-    return Run(name, path, read_records(metrics), _read_json(path / "summary.json"), meta)
+    meta = _read_json(path / runfiles.META) or {}
+    return Run(name, path, read_records(metrics), _read_json(path / runfiles.SUMMARY), meta)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

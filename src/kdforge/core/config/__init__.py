@@ -14,6 +14,7 @@ from kdforge.core.config.data import (
 from kdforge.core.config.distill import DistillConfig, PhaseConfig, ScheduledValue, TapsConfig, TermConfig
 from kdforge.core.config.loading import (
     apply_override,
+    changed_keys,
     deep_merge,
     flatten,
     load_config,
@@ -65,6 +66,7 @@ __all__ = [
     "TermConfig",
     "TrainConfig",
     "apply_override",
+    "changed_keys",
     "deep_merge",
     "flatten",
     "load_config",

@@ -71,6 +71,12 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two config dicts, sorted."""
+    a, b = flatten(before), flatten(after)
+    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
+
+
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one ``a.b.c=value`` (value parsed as YAML; list items by index, ``terms.0.weight=1``)."""
     key, sep, text = item.partition("=")

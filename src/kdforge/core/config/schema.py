@@ -3,10 +3,12 @@ few lines, and validators that name what is wrong."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from kdforge.core import runfiles
 from kdforge.core.config.base import Strict
 from kdforge.core.config.data import DataConfig, ModelSpec
 from kdforge.core.config.detection import DetectConfig, check_detection_run
@@ -85,8 +87,8 @@ class CheckpointConfig(Strict):
             if name.count(needed) != 1 or name.replace(needed, "").count("{"):
                 raise ValueError(f"{field} must hold {needed} once (and no other braces), got {name!r}")
         names = [self.best_name, self.epoch_name, self.step_name]
-        if any("/" in name or name in ("", "last.pt") for name in names):
-            raise ValueError(f"checkpoint names must be plain file names other than last.pt, got {names}")
+        if any("/" in name or name in ("", runfiles.LAST) for name in names):
+            raise ValueError(f"checkpoint names must be plain file names other than {runfiles.LAST}, got {names}")
         return self
 
 
@@ -180,12 +182,20 @@ class LogConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _tensorboard_moved(cls, value: Any) -> Any:
-        if isinstance(value, dict) and "tensorboard" in value:
-            raise ConfigError(
-                "log.tensorboard is now a logger: log.loggers: [tensorboard] writes TensorBoard scalars (the default), "
-                "log.loggers: [] writes none."
-            )
-        return value
+        """Runs written before loggers were plug-ins say ``tensorboard: true/false``: read as the loggers list, so
+        they still resume, evaluate and export."""
+        if not (isinstance(value, dict) and "tensorboard" in value):
+            return value
+        value = dict(value)
+        on = value.pop("tensorboard")
+        if "loggers" in value:
+            raise ConfigError("log.tensorboard and log.loggers are both set; keep log.loggers ([tensorboard] or []).")
+        warnings.warn(
+            f"log.tensorboard: {on} is read as log.loggers: {'[tensorboard]' if on else '[]'}; write that instead.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return {**value, "loggers": ["tensorboard"] if on else []}
 
     every_steps: int = Field(20, ge=1)
     progress: bool = True

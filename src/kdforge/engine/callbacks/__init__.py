@@ -18,16 +18,16 @@ from kdforge.engine.callbacks.progress import ProgressLog
 __all__ = ["Callback", "CallbackList", "build_callbacks", "callback_class", "standard_callbacks"]
 
 
-def standard_callbacks(config: RunConfig, show_progress: bool) -> list[Callback]:
+def standard_callbacks(config: RunConfig, show_progress: bool, reported: dict[str, float]) -> list[Callback]:
     """The built-in callbacks the config switches on, in the order they run: EMA first (a step's checkpoint holds
-    its updated average), then diagnostics, records and progress, checkpoints (the best is saved before early
-    stopping decides)."""
+    its updated average), then records and progress, diagnostics, checkpoints (the best is saved before early
+    stopping decides). `reported`: the task's metrics by name, so a misspelt metric fails before training."""
     train, log = config.train, config.log
     callbacks: list[Callback] = [EMA(train.ema)] if train.ema else []
-    callbacks += [Diagnostics(log.diagnostics_every_steps, log.teacher_agreement), ProgressLog(show_progress)]
-    callbacks.append(Checkpointing(train.checkpoint))
+    callbacks += [ProgressLog(show_progress), Diagnostics(log.diagnostics_every_steps, log.teacher_agreement)]
+    callbacks.append(Checkpointing(train.checkpoint, reported))
     if train.early_stopping:
-        callbacks.append(EarlyStopping(train.early_stopping))
+        callbacks.append(EarlyStopping(train.early_stopping, reported))
     return callbacks
 
 

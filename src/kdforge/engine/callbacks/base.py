@@ -55,18 +55,33 @@ class CallbackList(Callback):
     def __init__(self, callbacks: Iterable[Callback]) -> None:
         self.callbacks = list(callbacks)
 
-    def __iter__(self):  # noqa: ANN204 - an iterator of callbacks
-        return iter(self.callbacks)
-
-
-def _dispatch(name: str) -> Any:
-    def call(self: CallbackList, *args: Any) -> None:
+    def _each(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
-            getattr(callback, name)(*args)
+            getattr(callback, hook)(*args)
 
-    call.__name__ = name
-    return call
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._each("on_fit_start", trainer)
 
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self._each("on_epoch_start", trainer)
 
-for _hook in [name for name in vars(Callback) if name.startswith("on_")]:
-    setattr(CallbackList, _hook, _dispatch(_hook))
+    def on_before_backward(self, trainer: Trainer, out: dict[str, Any]) -> None:
+        self._each("on_before_backward", trainer, out)
+
+    def on_step_end(self, trainer: Trainer, applied: bool, record: dict[str, float] | None) -> None:
+        self._each("on_step_end", trainer, applied, record)
+
+    def on_evaluation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._each("on_evaluation_end", trainer, metrics)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        self._each("on_epoch_end", trainer)
+
+    def on_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+        self._each("on_save_checkpoint", trainer, checkpoint)
+
+    def on_load_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+        self._each("on_load_checkpoint", trainer, checkpoint)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self._each("on_fit_end", trainer)

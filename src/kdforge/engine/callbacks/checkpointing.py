@@ -19,11 +19,9 @@ class Checkpointing(Callback):
     ``every_epochs`` epochs, ``step_name`` (and ``last.pt``) every ``every_steps`` steps, each numbered kind pruned
     to its newest ``keep_last``, and ``last.pt`` at every epoch's end. Every file is written atomically."""
 
-    def __init__(self, config: CheckpointConfig) -> None:
+    def __init__(self, config: CheckpointConfig, reported: dict[str, float]) -> None:
+        metric(reported, config.best_metric)  # a typo fails now, not after the first epoch
         self.cfg = config
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        metric(trainer.task.metrics().compute(), self.cfg.best_metric)  # a typo fails now, not after an epoch
 
     def on_step_end(self, trainer: Trainer, applied: bool, record: dict[str, float] | None) -> None:
         step = trainer.state.global_step

@@ -16,11 +16,9 @@ class EarlyStopping(Callback):
     """Stops the run when ``metric`` has not improved by ``min_delta`` for ``patience`` evaluations (its counters
     live in the trainer's state, so a resumed run keeps counting)."""
 
-    def __init__(self, config: EarlyStoppingConfig) -> None:
+    def __init__(self, config: EarlyStoppingConfig, reported: dict[str, float]) -> None:
+        metric(reported, config.metric)  # a typo fails now, not after the first epoch
         self.cfg = config
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        metric(trainer.task.metrics().compute(), self.cfg.metric)  # a typo fails now, not after an epoch
 
     def on_evaluation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         reason = track_early_stopping(trainer.state, metrics, self.cfg)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kdforge.core import runfiles
 from kdforge.core.config import flatten
 from kdforge.engine.loggers.base import Logger, RunInfo, scalars
 
@@ -54,8 +55,10 @@ class MLflowLogger(Logger):
             self.run_id = id_file.read_text().strip()
             return
         found = self.client.get_experiment_by_name(self.experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(
-            self.experiment, artifact_location=self.artifact_location
+        experiment_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
         )
         created = self.client.create_run(experiment_id, tags=self.tags, run_name=self.run_name or run.name)
         self.run_id = created.info.run_id
@@ -75,7 +78,7 @@ class MLflowLogger(Logger):
             self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, summary: dict[str, Any], checkpoint: Path | None) -> None:
-        self.client.log_dict(self.run_id, summary, "summary.json")
+        self.client.log_dict(self.run_id, summary, runfiles.SUMMARY)
         best = (summary.get("student") or {}).get("metrics") or {}
         self.log("summary", summary.get("steps") or 0, {f"best/{key}": value for key, value in best.items()})
         if checkpoint is not None:
