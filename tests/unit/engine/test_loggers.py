@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from kdforge.app.pipeline import train
+from kdforge.app.resume import resume_config
 from kdforge.core.config import PluginSpec
 from kdforge.core.errors import ConfigError
 from kdforge.engine.loggers import Logger, RunInfo, RunLog
@@ -168,6 +169,12 @@ def test_mlflow_local_store_holds_the_params_metrics_and_summary(make_config, tm
     assert json.loads(local.read_text()) == json.loads((result.run_dir / "summary.json").read_text())
     assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
     assert list((tmp_path / "artifacts").rglob("best.pt")) and not (tmp_path / "mlruns").exists()
+
+    config, run_dir, checkpoint = resume_config(result.run_dir, ["train.epochs=3"])
+    train(config, resume=checkpoint, run_dir=run_dir)  # a resumed run continues the same MLflow run
+    history = client.get_metric_history(run.info.run_id, "val/acc1")
+    assert [m.step for m in history] == [r["step"] for r in val] + [18]
+    assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
 @pytest.mark.parametrize(

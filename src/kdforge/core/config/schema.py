@@ -178,6 +178,12 @@ class LogConfig(Strict):
 
     loggers: list[PluginSpec] = Field(default_factory=lambda: [PluginSpec(name="tensorboard")])
     log_checkpoint: bool = False
+    every_steps: int = Field(20, ge=1)
+    progress: bool = True
+    verbose: bool = True  # one line per evaluation and the final table
+    diagnostics_every_steps: int = Field(100, ge=0)  # each loss part's gradient share (one extra backward); 0: off
+    teacher_agreement: bool = True  # teacher-student top-1 agreement and KL at every evaluation (live teacher)
+    report: bool = True  # report.html at the end (with the models' size, MACs and CPU latency)
 
     @model_validator(mode="before")
     @classmethod
@@ -196,13 +202,6 @@ class LogConfig(Strict):
             stacklevel=2,
         )
         return {**value, "loggers": ["tensorboard"] if on else []}
-
-    every_steps: int = Field(20, ge=1)
-    progress: bool = True
-    verbose: bool = True  # one line per evaluation and the final table
-    diagnostics_every_steps: int = Field(100, ge=0)  # each loss part's gradient share (one extra backward); 0: off
-    teacher_agreement: bool = True  # teacher-student top-1 agreement and KL at every evaluation (live teacher)
-    report: bool = True  # report.html at the end (with the models' size, MACs and CPU latency)
 
 
 class RunConfig(Strict):

@@ -19,6 +19,14 @@ class RunInfo:
     config: dict[str, Any] = field(default_factory=dict)  # the resolved config, as plain data
     resumed: bool = False
 
+    def saved_id(self, backend: str) -> str | None:
+        """The tracking run id `backend` kept in the run directory, when this run resumes: it continues there."""
+        path = self.run_dir / f"{backend}-run-id"
+        return path.read_text().strip() if self.resumed and path.is_file() else None
+
+    def save_id(self, backend: str, run_id: str) -> None:
+        (self.run_dir / f"{backend}-run-id").write_text(run_id + "\n")
+
 
 class Logger:
     """A destination for a run's records. Every method may raise: `RunLog` then warns once, switches the backend

@@ -12,7 +12,6 @@ from kdforge.core import runfiles
 from kdforge.core.config import flatten
 from kdforge.engine.loggers.base import Logger, RunInfo, scalars
 
-RUN_ID_FILE = "mlflow-run-id"  # in the run directory: a resumed run continues the same MLflow run
 PARAM_BATCH = 100  # MLflow's limit of parameters per log_batch call
 PARAM_LENGTH = 500  # the shortest value limit of the MLflow versions in use
 
@@ -50,9 +49,8 @@ class MLflowLogger(Logger):
         self._status = "FAILED"
 
     def start(self, run: RunInfo) -> None:
-        id_file = run.run_dir / RUN_ID_FILE
-        if run.resumed and id_file.is_file():
-            self.run_id = id_file.read_text().strip()
+        self.run_id = run.saved_id("mlflow")
+        if self.run_id is not None:
             return
         found = self.client.get_experiment_by_name(self.experiment)
         experiment_id = (
@@ -62,7 +60,7 @@ class MLflowLogger(Logger):
         )
         created = self.client.create_run(experiment_id, tags=self.tags, run_name=self.run_name or run.name)
         self.run_id = created.info.run_id
-        id_file.write_text(self.run_id + "\n")
+        run.save_id("mlflow", self.run_id)
         from mlflow.entities import Param
 
         params = [Param(key, str(value)[:PARAM_LENGTH]) for key, value in flatten(run.config).items()]

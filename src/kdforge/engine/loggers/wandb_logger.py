@@ -8,8 +8,6 @@ from typing import Any
 
 from kdforge.engine.loggers.base import Logger, RunInfo, scalars
 
-RUN_ID_FILE = "wandb-run-id"  # in the run directory: a resumed run continues the same W&B run
-
 
 class WandbLogger(Logger):
     """The config, every numeric record at its step, the summary, and (opt-in) the best checkpoint as a model
@@ -44,13 +42,12 @@ class WandbLogger(Logger):
         self._run: Any = None
 
     def start(self, run: RunInfo) -> None:
-        id_file = run.run_dir / RUN_ID_FILE
-        run_id = id_file.read_text().strip() if run.resumed and id_file.is_file() else None
+        run_id = run.saved_id("wandb")
         settings = {k: v for k, v in self.settings.items() if v is not None}
         settings.setdefault("name", run.name)
         settings.setdefault("dir", str(run.run_dir))
         self._run = self._wandb.init(config=run.config, id=run_id, resume="allow" if run_id else None, **settings)
-        id_file.write_text(self._run.id + "\n")
+        run.save_id("wandb", self._run.id)
 
     def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
         numbers = scalars(kind, values)
