@@ -1,5 +1,6 @@
-"""A run's parts from its config: the task, the data (through the teacher cache when enabled), the loaders and the
-distiller (models with taps, terms, teachers). Nothing here trains or writes a run directory."""
+"""A run from its config, ready to fit: the task, the data (through the teacher cache when enabled), the loaders and
+the distiller (models with taps, terms, teachers) as `RunParts`; then `build` adds the run directory, the loggers
+and the trainer. Nothing here trains."""
 
 from __future__ import annotations
 

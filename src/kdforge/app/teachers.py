@@ -15,6 +15,7 @@ from kdforge.core.distributed import ONE_PROCESS, World
 from kdforge.data.inputs import Inputs
 from kdforge.distill.teachers import TeacherRunner, teacher_role, teacher_stacks
 from kdforge.engine.evaluate import evaluate
+from kdforge.tasks.base import Task
 
 if TYPE_CHECKING:
     from kdforge.app.build import Run
@@ -24,7 +25,7 @@ def evaluate_teachers(
     config: RunConfig,
     stacks: dict[str, nn.Module],
     loader: DataLoader,
-    task: Any,
+    task: Task,
     device: torch.device,
     amp: str,
     say: Callable[[str], None],

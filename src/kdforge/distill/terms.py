@@ -9,29 +9,24 @@ from kdforge.core.config import RunConfig, TermConfig
 from kdforge.core.config.messages import at_key
 from kdforge.core.errors import ConfigError
 from kdforge.distill.distiller import WeightedTerm
-from kdforge.distill.losses import TERMS, build_term, term_signature
+from kdforge.distill.losses import TERMS, DistillTerm, build_term, term_signature
 from kdforge.distill.schedule import EpochSettings
 
 
 def check_terms(config: RunConfig) -> None:
-    """Every term's loss is registered, its parameters exist (required ones given), scheduled parameters are
-    schedulable and several teachers are read only by terms that can merge them. Builds each term once (cheap:
-    adapters and banks come later)."""
+    """Every term's loss is registered, its parameters exist (required ones given) and hold valid values at the
+    start and at the end of their schedules, scheduled parameters are schedulable, and several teachers are read
+    only by terms that can merge them. Builds each term (cheap: adapters and banks come later)."""
     for index, spec in enumerate(config.distill.terms):
         at_key(f"distill.terms.{index}", lambda spec=spec: _check_term(spec))
 
 
 def _check_term(spec: TermConfig) -> None:
     params = _params(spec, ignore_index=None)
-    try:
-        build_term(spec.loss, params)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:  # the term's own check of a parameter value
-        raise ConfigError(f"distillation loss {spec.loss!r}: {exc}") from None
+    _checked_build(spec.loss, params)
     ends = {k: v.end for k, v in spec.scheduled_params().items()}
     if ends:
-        term = build_term(spec.loss, {**params, **ends})
+        term = _checked_build(spec.loss, {**params, **ends})
         fixed = sorted(set(ends) - set(term.schedulable))
         if fixed:
             raise ConfigError(
@@ -43,6 +38,16 @@ def _check_term(spec: TermConfig) -> None:
             f"distillation loss {spec.loss!r} cannot read an ensemble of teachers {spec.teachers}: only logit terms "
             "(kd, dkd, dist, pixel_kl) can. Give it one teacher, or one term per teacher."
         )
+
+
+def _checked_build(loss: str, params: dict) -> DistillTerm:
+    """The term built from `params`; its own refusal of a value names the loss."""
+    try:
+        return build_term(loss, params)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"distillation loss {loss!r}: {exc}") from None
 
 
 def _params(spec: TermConfig, ignore_index: int | None) -> dict:
